@@ -1,0 +1,207 @@
+//! Catalog entries: signing, decoding, and the merge rule that makes catalogs converge.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::{ORDERS_YAML, T0_MICROS, descriptor, entry, key, product};
+use mesh_protocol::wire::pb;
+use mesh_protocol::{
+    BuildError, CatalogEntry, Config, EquivocationProof, Merge, ProofError, SignedCatalogEntry,
+    VerifiedCatalogEntry, VerifyError, merge,
+};
+use prost::Message;
+
+fn receive(bytes: Bytes) -> Result<VerifiedCatalogEntry, mesh_protocol::RejectReason> {
+    VerifiedCatalogEntry::decode_and_verify(bytes, &Config::default())
+}
+
+#[test]
+fn a_signed_entry_decodes_to_the_same_entry() {
+    let owner = key(1);
+    let sent = entry(&owner, 1, "v1");
+    let got = receive(sent.encoded().clone()).unwrap();
+    assert_eq!(got, sent);
+    assert_eq!(got.entry().descriptor, sent.entry().descriptor);
+    assert!(got.entry().descriptor.has_pii());
+}
+
+#[test]
+fn higher_revision_wins_and_lower_is_stale() {
+    let owner = key(1);
+    let (r1, r2) = (entry(&owner, 1, "v1"), entry(&owner, 2, "v2"));
+    assert_eq!(merge(None, &r1), Merge::New);
+    assert_eq!(
+        merge(Some(&r1), &r2),
+        Merge::Newer {
+            replaced_revision: 1
+        }
+    );
+    assert_eq!(
+        merge(Some(&r2), &r1),
+        Merge::Stale {
+            current_revision: 2
+        }
+    );
+    assert_eq!(merge(Some(&r2), &r2.clone()), Merge::Duplicate);
+}
+
+#[test]
+fn merge_order_does_not_change_the_outcome() {
+    let owner = key(1);
+    let entries: Vec<_> = (1..=4)
+        .map(|r| entry(&owner, r, &format!("v{r}")))
+        .collect();
+    // Apply every permutation of arrival order; the winner is always revision 4.
+    let orders = [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1], [1, 3, 0, 2]];
+    for order in orders {
+        let mut held: Option<VerifiedCatalogEntry> = None;
+        for &i in &order {
+            match merge(held.as_ref(), &entries[i]) {
+                Merge::New | Merge::Newer { .. } => held = Some(entries[i].clone()),
+                Merge::Stale { .. } | Merge::Duplicate => {}
+                Merge::Equivocation(p) => panic!("unexpected equivocation {p:?}"),
+            }
+        }
+        assert_eq!(held.unwrap().revision(), 4, "order {order:?}");
+    }
+}
+
+#[test]
+fn equal_revision_with_different_content_is_an_equivocation_proof() {
+    let owner = key(1);
+    let (a, b) = (
+        entry(&owner, 3, "one story"),
+        entry(&owner, 3, "another story"),
+    );
+    let Merge::Equivocation(proof) = merge(Some(&a), &b) else {
+        panic!("expected an equivocation");
+    };
+    assert_eq!(
+        (proof.product(), proof.revision()),
+        (&product(&owner, "orders"), 3)
+    );
+    let checked = EquivocationProof::decode_and_verify(proof.encode(), &Config::default()).unwrap();
+    assert_eq!(&checked, proof.as_ref());
+
+    // Tampering with either side breaks the proof.
+    let mut pb_proof = pb::EquivocationProof::decode(proof.encode()).unwrap();
+    let mut sig = pb_proof.first.as_ref().unwrap().signature.to_vec();
+    sig[63] ^= 1;
+    pb_proof.first.as_mut().unwrap().signature = Bytes::from(sig);
+    assert_eq!(
+        EquivocationProof::decode_and_verify(
+            Bytes::from(pb_proof.encode_to_vec()),
+            &Config::default()
+        ),
+        Err(ProofError::Verify(VerifyError::BadSignature))
+    );
+    // And two revisions are no equivocation.
+    assert!(matches!(
+        EquivocationProof::new(a, entry(&owner, 4, "later")),
+        Err(ProofError::DifferentPositions {
+            first: 3,
+            second: 4
+        })
+    ));
+}
+
+#[test]
+fn only_the_owner_can_sign_an_entry() {
+    let owner = key(1);
+    let mallory = key(2);
+    let err = CatalogEntry {
+        product: product(&owner, "orders"),
+        revision: 1,
+        timestamp_micros: T0_MICROS,
+        descriptor: descriptor(ORDERS_YAML),
+    }
+    .sign(&mallory, &Config::default())
+    .unwrap_err();
+    assert!(matches!(err, BuildError::NotOwner { .. }));
+
+    // A hand-made envelope naming Mallory as signer is refused on receipt.
+    let genuine = entry(&owner, 1, "v1");
+    let mut envelope = pb::SignedCatalogEntry::decode(genuine.encoded().clone()).unwrap();
+    envelope.signer = Bytes::copy_from_slice(mallory.public().as_bytes());
+    let err = receive(Bytes::from(envelope.encode_to_vec())).unwrap_err();
+    assert_eq!(err.kind(), "wrong_author");
+}
+
+#[test]
+fn descriptor_name_must_match_the_product_and_not_be_its_own_input() {
+    let owner = key(1);
+    let mismatched = CatalogEntry {
+        product: product(&owner, "invoices"),
+        revision: 1,
+        timestamp_micros: T0_MICROS,
+        descriptor: descriptor(ORDERS_YAML),
+    }
+    .sign(&owner, &Config::default())
+    .unwrap_err();
+    assert!(
+        mismatched.to_string().contains("descriptor.name"),
+        "{mismatched}"
+    );
+
+    let mut d = descriptor(ORDERS_YAML);
+    d.inputs.push(product(&owner, "orders"));
+    let cyclic = CatalogEntry {
+        product: product(&owner, "orders"),
+        revision: 1,
+        timestamp_micros: T0_MICROS,
+        descriptor: d,
+    }
+    .sign(&owner, &Config::default())
+    .unwrap_err();
+    assert!(cyclic.to_string().contains("own input"), "{cyclic}");
+}
+
+#[test]
+fn wire_descriptors_get_the_same_checks_as_files() {
+    let owner = key(1);
+    let genuine = entry(&owner, 1, "v1");
+    let mut envelope = pb::SignedCatalogEntry::decode(genuine.encoded().clone()).unwrap();
+    let mut body = pb::CatalogEntryBody::decode(envelope.body.clone()).unwrap();
+    let d = body.descriptor.as_mut().unwrap();
+    d.version = "one".into();
+    d.schema.as_mut().unwrap().fields[1].name = "order_id".into();
+    envelope.body = Bytes::from(body.encode_to_vec());
+    // Rejected on decode, before the (now broken) signature is looked at, naming both problems.
+    let err = SignedCatalogEntry::decode(Bytes::from(envelope.encode_to_vec()), &Config::default())
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("version") && text.contains("duplicate field name"),
+        "{text}"
+    );
+    assert_eq!(err.kind(), "malformed");
+}
+
+#[test]
+fn oversized_entries_are_refused() {
+    let owner = key(1);
+    let config = Config::default();
+    let mut d = descriptor(ORDERS_YAML);
+    // 20 fields with the longest description each: 80 KiB, over the 60 KiB entry limit.
+    for i in 0..20 {
+        d.fields.push(mesh_protocol::Field {
+            name: format!("field_{i}"),
+            field_type: mesh_protocol::FieldType::String,
+            pii: false,
+            nullable: false,
+            description: "y".repeat(config.description_bytes_max),
+        });
+    }
+    let err = CatalogEntry {
+        product: product(&owner, "orders"),
+        revision: 1,
+        timestamp_micros: T0_MICROS,
+        descriptor: d,
+    }
+    .sign(&owner, &config)
+    .unwrap_err();
+    assert!(err.to_string().contains("catalog entry"), "{err}");
+    let huge = Bytes::from(vec![0u8; config.catalog_entry_bytes_max + 1]);
+    assert_eq!(receive(huge).unwrap_err().kind(), "oversized");
+}
