@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from("proto");
-    let files = ["mesh/v1/log.proto", "mesh/v1/catalog.proto"];
+    let files = [
+        "mesh/v1/log.proto",
+        "mesh/v1/catalog.proto",
+        "mesh/v1/sync.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

@@ -36,6 +36,16 @@ impl LogHead {
         }
     }
 
+    /// A head this node stored earlier (its own store is trusted to hold what it verified;
+    /// events are verified again when they are served or audited).
+    pub fn resume(product: ProductId, seq: u64, id: EventId) -> Self {
+        Self {
+            product,
+            seq,
+            id: (seq > 0).then_some(id),
+        }
+    }
+
     /// The head of a log whose last event is `event`.
     pub fn at(event: &VerifiedEvent) -> Self {
         Self {

@@ -37,6 +37,13 @@ pub struct Config {
     pub description_bytes_max: usize,
     /// Largest descriptor YAML file. Default 256 KiB.
     pub descriptor_file_bytes_max: usize,
+    /// Largest frame of a node-to-node stream. Default 4 MiB.
+    pub frame_bytes_max: usize,
+    /// Most events in one frame of a log stream. Default 1024.
+    pub frame_events_max: usize,
+    /// Most catalog versions in one bucket request. Default 16384 (a 4 M-product catalog at
+    /// 256 buckets).
+    pub bucket_versions_max: usize,
 }
 
 impl Default for Config {
@@ -55,6 +62,9 @@ impl Default for Config {
             short_text_bytes_max: 128,
             description_bytes_max: 4 * 1024,
             descriptor_file_bytes_max: 256 * 1024,
+            frame_bytes_max: 4 * 1024 * 1024,
+            frame_events_max: 1024,
+            bucket_versions_max: 16 * 1024,
         }
     }
 }
@@ -79,6 +89,9 @@ impl Config {
                  payload_bytes_max + key_bytes_max + causes_max * {EVENT_REF_BYTES_MAX} + {EVENT_FRAMING_BYTES_MAX})",
                 self.event_bytes_max
             ));
+        }
+        if self.frame_bytes_max < self.event_bytes_max + 64 {
+            return Err("frame_bytes_max must hold at least one event".into());
         }
         if self.key_bytes_max == 0 {
             return Err("key_bytes_max must be at least 1".into());

@@ -83,7 +83,7 @@ impl Operation {
 }
 
 /// A reference to an event in some product's log: what an event cites as its cause.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct EventRef {
     pub product: ProductId,
     pub seq: u64,

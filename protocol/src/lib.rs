@@ -54,6 +54,7 @@ pub mod error;
 pub mod event;
 pub mod identity;
 mod signed;
+pub mod sync;
 pub mod wire;
 
 pub use catalog::{
@@ -71,3 +72,4 @@ pub use error::{
 pub use event::{Event, EventId, EventRef, Operation, SignedEvent, VerifiedEvent, verify_batch};
 pub use identity::{ProductId, ProductName, PublicKey, SecretKey};
 pub use signed::{CATALOG_SIGNING_CONTEXT, EVENT_SIGNING_CONTEXT};
+pub use sync::CatalogSummary;

@@ -1,0 +1,415 @@
+//! Log subscriptions over `/mesh/log/1`: serving logs, and following them.
+//!
+//! **Serving.** Any node that holds a log serves it, not only its producer: events are signed,
+//! so a subscriber trusts the signatures, not the server. A server checks the product's access
+//! policy against the subscriber's key, sends the fork proofs it knows, backfills from its
+//! store from the requested seq, then forwards live events as they are committed. A server that
+//! falls behind the live broadcast reads from the store again, so it never skips an event.
+//!
+//! **Following.** A subscriber asks the owner first, then any other connected peer, and on
+//! failure retries with backoff. It asks from the seq it already holds, not the one after, so
+//! that a fork at its head shows up as a conflicting event. Every frame goes through the hub's
+//! ingest (decode, batch-verify, chain-check, durable commit); a source that sends an invalid
+//! event is dropped for the next one.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use mesh_protocol::sync::{LogFrame, Refusal, SubscribeRequest, SubscribeResponse};
+use mesh_protocol::{ForkProof, ProductId, PublicKey};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::behaviour::LOG_PROTOCOL;
+use crate::codec::{self, FrameError};
+use crate::hub::Live;
+use crate::network::short;
+use crate::node::Shared;
+
+/// Longest wait for the first frames of a subscription.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait to open a stream (including dialing).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A server with nothing to send sends an empty frame this often...
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// ...so a subscriber that hears nothing for this long knows the source is gone.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(35);
+/// Events read from the store per backfill step.
+const BACKFILL_PAGE: usize = 512;
+/// Longest wait between subscription retries.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot open a stream: {0}")]
+    Open(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("stream I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the stream")]
+    Closed,
+    #[error("malformed message: {0}")]
+    Decode(#[from] mesh_protocol::DecodeError),
+    #[error("refused: {}", .0.as_str())]
+    Refused(Refusal),
+    #[error("the source sent an invalid event: {0}")]
+    Invalid(mesh_protocol::RejectReason),
+    #[error("the source sent an invalid fork proof: {0}")]
+    BadProof(mesh_protocol::ProofError),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+// ---- serving ---------------------------------------------------------------------------------
+
+/// Accepts subscriptions from peers and serves each in its own task.
+pub async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
+    let shutdown = shared.shutdown.clone();
+    loop {
+        let (peer, stream) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let result = serve_one(&shared, peer, stream).await;
+            if let Err(e) = result {
+                tracing::debug!(peer = %short(&peer), "log stream ended: {e}");
+            }
+        });
+    }
+}
+
+/// Whether this node may serve `product`'s log to `peer`, and whether it can.
+fn refusal(shared: &Shared, peer: &PeerId, product: &ProductId) -> Option<Refusal> {
+    let Some(entry) = shared.catalog.get(product) else {
+        return Some(Refusal::UnknownProduct);
+    };
+    let allowed = PublicKey::from_peer_id_bytes(&peer.to_bytes()).is_ok_and(|reader| {
+        entry
+            .entry()
+            .descriptor
+            .access
+            .allows(product.owner(), &reader)
+    });
+    if !allowed {
+        return Some(Refusal::AccessDenied);
+    }
+    let holds = shared.hub.head(product).is_ok_and(|h| h.seq() > 0);
+    if !holds && product.owner() != &shared.public_key {
+        return Some(Refusal::NotHeld);
+    }
+    None
+}
+
+async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result<(), StreamError> {
+    let config = shared.protocol.clone();
+    let (mut reader, mut writer) = stream.split();
+    let request = codec::read_frame(&mut reader, config.frame_bytes_max, HANDSHAKE_TIMEOUT)
+        .await?
+        .ok_or(StreamError::Closed)?;
+    let request = SubscribeRequest::decode(request, &config)?;
+    let product = request.product;
+    let busy = shared.served.load(Ordering::Relaxed) >= shared.config.served_streams_max;
+    let refused = if busy {
+        Some(Refusal::Busy)
+    } else {
+        refusal(shared, &peer, &product)
+    };
+    let head_seq = shared.hub.head(&product).map_or(0, |h| h.seq());
+    if let Some(r) = refused {
+        shared.metrics.reject_stream(r.as_str());
+        tracing::info!(peer = %short(&peer), product = %product.short(), "subscription refused: {}", r.as_str());
+        let response = SubscribeResponse {
+            refusal: Some(r),
+            head_seq: 0,
+        };
+        codec::send_frame(&mut writer, &response.encode()).await?;
+        return Ok(());
+    }
+    // Listen for live events before reading the store, so none falls between the two.
+    let mut live = shared
+        .hub
+        .subscribe_live(&product)
+        .map_err(|e| StreamError::Store(e.to_string()))?;
+    let _served = ServedGuard::new(shared);
+    tracing::info!(peer = %short(&peer), product = %product.short(), from = request.from_seq, "serving log");
+    codec::send_frame(
+        &mut writer,
+        &SubscribeResponse {
+            refusal: None,
+            head_seq,
+        }
+        .encode(),
+    )
+    .await?;
+
+    let forks = shared
+        .store
+        .forks(Some(&product))
+        .map_err(|e| StreamError::Store(e.to_string()))?;
+    for fork in forks {
+        write_frame(
+            &mut writer,
+            &LogFrame {
+                events: vec![],
+                fork: Some(fork),
+            },
+        )
+        .await?;
+    }
+    let mut next = backfill(shared, &product, request.from_seq, &mut writer).await?;
+
+    // The subscriber sends nothing after its request: a read that ends means it left.
+    let mut gone = Box::pin(async move {
+        let mut byte = [0u8; 1];
+        let _ = reader.read(&mut byte).await;
+    });
+    let shutdown = shared.shutdown.clone();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.reset();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = &mut gone => return Ok(()),
+            _ = heartbeat.tick() => {
+                write_frame(&mut writer, &LogFrame::default()).await?;
+            }
+            item = live.recv() => {
+                match item {
+                    Ok(Live::Events(events)) => {
+                        let first = events.first().map_or(next, |e| e.seq());
+                        if first > next {
+                            // Committed while we were backfilling: fill the hole from the store.
+                            next = backfill(shared, &product, next, &mut writer).await?;
+                        }
+                        let fresh: Vec<Bytes> = events
+                            .iter()
+                            .filter(|e| e.seq() >= next)
+                            .map(|e| e.encoded().clone())
+                            .collect();
+                        if let Some(last) = events.last() {
+                            next = next.max(last.seq() + 1);
+                        }
+                        send_events(shared, fresh, &mut writer).await?;
+                        heartbeat.reset();
+                    }
+                    Ok(Live::Fork(proof)) => {
+                        write_frame(&mut writer, &LogFrame { events: vec![], fork: Some(proof) }).await?;
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        next = backfill(shared, &product, next, &mut writer).await?;
+                    }
+                    Err(RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Sends every stored event from `from` on; returns the next seq to send.
+async fn backfill<W: futures::AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    product: &ProductId,
+    mut from: u64,
+    writer: &mut W,
+) -> Result<u64, StreamError> {
+    loop {
+        let store = shared.store.clone();
+        let p = product.clone();
+        let page = tokio::task::spawn_blocking(move || store.log_range(&p, from, BACKFILL_PAGE))
+            .await
+            .map_err(|e| StreamError::Store(e.to_string()))?
+            .map_err(|e| StreamError::Store(e.to_string()))?;
+        if page.is_empty() {
+            return Ok(from);
+        }
+        from += page.len() as u64;
+        send_events(shared, page, writer).await?;
+    }
+}
+
+/// Sends events in frames that respect the frame limits, then flushes.
+async fn send_events<W: futures::AsyncWrite + Unpin>(
+    shared: &Shared,
+    events: Vec<Bytes>,
+    writer: &mut W,
+) -> Result<(), StreamError> {
+    let config = &shared.protocol;
+    // Half the frame limit leaves room for framing and keeps frames moving.
+    let bytes_max = config.frame_bytes_max / 2;
+    let mut frame = LogFrame::default();
+    let mut bytes = 0;
+    for event in events {
+        if !frame.events.is_empty()
+            && (frame.events.len() == config.frame_events_max || bytes + event.len() > bytes_max)
+        {
+            codec::write_frame(writer, &std::mem::take(&mut frame).encode()).await?;
+            bytes = 0;
+        }
+        bytes += event.len();
+        frame.events.push(event);
+    }
+    if !frame.events.is_empty() {
+        codec::write_frame(writer, &frame.encode()).await?;
+    }
+    writer.flush().await?;
+    Ok(())
+}
+
+async fn write_frame<W: futures::AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &LogFrame,
+) -> Result<(), StreamError> {
+    codec::send_frame(writer, &frame.encode()).await?;
+    Ok(())
+}
+
+/// Counts a served stream for as long as it lives.
+struct ServedGuard<'a>(&'a Shared);
+
+impl<'a> ServedGuard<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.served.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.streams_served.inc();
+        Self(shared)
+    }
+}
+
+impl Drop for ServedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.served.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.streams_served.dec();
+    }
+}
+
+// ---- following -------------------------------------------------------------------------------
+
+/// Follows `product` until the node shuts down or the subscription is cancelled.
+pub async fn follow(
+    shared: Arc<Shared>,
+    product: ProductId,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut retry = shared.config.subscription_retry;
+    loop {
+        let mut progressed = false;
+        for peer in sources(&shared, &product) {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let before = shared.hub.head(&product).map_or(0, |h| h.seq());
+            let result = tokio::select! {
+                () = cancel.cancelled() => return,
+                r = follow_from(&shared, &product, peer) => r,
+            };
+            let after = shared.hub.head(&product).map_or(0, |h| h.seq());
+            progressed |= after > before;
+            match result {
+                Ok(()) => {
+                    tracing::debug!(peer = %short(&peer), product = %product.short(), "source closed the stream")
+                }
+                Err(StreamError::Refused(r)) => {
+                    tracing::debug!(peer = %short(&peer), product = %product.short(), "source refused: {}", r.as_str());
+                }
+                Err(e) => {
+                    tracing::info!(peer = %short(&peer), product = %product.short(), "source lost: {e}")
+                }
+            }
+        }
+        if progressed {
+            retry = shared.config.subscription_retry;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+/// Where to ask for a product's log, best first: its owner, then every other connected peer.
+fn sources(shared: &Shared, product: &ProductId) -> Vec<PeerId> {
+    let owner = libp2p::identity::ed25519::PublicKey::try_from_bytes(product.owner().as_bytes())
+        .map(|k| libp2p::identity::PublicKey::from(k).to_peer_id());
+    let mut peers: Vec<PeerId> = owner.into_iter().collect();
+    for peer in shared.connected_peers() {
+        if !peers.contains(&peer) {
+            peers.push(peer);
+        }
+    }
+    peers.retain(|p| *p != shared.peer_id);
+    peers
+}
+
+async fn follow_from(
+    shared: &Arc<Shared>,
+    product: &ProductId,
+    peer: PeerId,
+) -> Result<(), StreamError> {
+    let config = shared.protocol.clone();
+    let mut control = shared.control.clone();
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LOG_PROTOCOL))
+        .await
+        .map_err(|_| StreamError::Open("timed out".into()))?
+        .map_err(|e| StreamError::Open(e.to_string()))?;
+    let held = shared.hub.head(product).map_or(0, |h| h.seq());
+    let request = SubscribeRequest {
+        product: product.clone(),
+        from_seq: held.max(1),
+    };
+    codec::send_frame(&mut stream, &request.encode()).await?;
+    let response = codec::read_frame(&mut stream, config.frame_bytes_max, HANDSHAKE_TIMEOUT)
+        .await?
+        .ok_or(StreamError::Closed)?;
+    let response = SubscribeResponse::decode(response, &config)?;
+    if let Some(r) = response.refusal {
+        return Err(StreamError::Refused(r));
+    }
+    tracing::info!(peer = %short(&peer), product = %product.short(), source_head = response.head_seq, held, "following");
+    let mut source_head = response.head_seq;
+    shared.set_source(product, peer, source_head);
+    shared.hub.set_lag(product, source_head);
+    let peer_name = short(&peer);
+    loop {
+        let Some(frame) =
+            codec::read_frame(&mut stream, config.frame_bytes_max, SILENCE_TIMEOUT).await?
+        else {
+            return Ok(());
+        };
+        let frame = LogFrame::decode(frame, &config)?;
+        if let Some(proof) = frame.fork {
+            let proof =
+                ForkProof::decode_and_verify(proof, &config).map_err(StreamError::BadProof)?;
+            if proof.product() == product {
+                shared
+                    .hub
+                    .record_fork(&proof, &peer_name)
+                    .map_err(|e| StreamError::Store(e.to_string()))?;
+            }
+        }
+        if frame.events.is_empty() {
+            continue;
+        }
+        let hub = shared.hub.clone();
+        let (p, name) = (product.clone(), peer_name.clone());
+        let report = tokio::task::spawn_blocking(move || hub.ingest(&p, frame.events, &name))
+            .await
+            .map_err(|e| StreamError::Store(e.to_string()))?
+            .map_err(|e| StreamError::Store(e.to_string()))?;
+        let head = shared.hub.head(product).map_or(0, |h| h.seq());
+        source_head = source_head.max(head);
+        shared.set_source(product, peer, source_head);
+        shared.hub.set_lag(product, source_head);
+        if let Some(error) = report.error {
+            return Err(StreamError::Invalid(error));
+        }
+    }
+}

@@ -1,0 +1,749 @@
+//! Starting a node in-process, and the handle everything else drives it through.
+//!
+//! [`start`] builds the swarm on the chosen transport (TCP, or libp2p's in-memory transport for
+//! tests and simulations) over the chosen store, spawns the event loop, the stream servers and
+//! the group-commit thread, resumes stored subscriptions, and returns a [`NodeHandle`]. The
+//! binary, the demo, the tests and the simulator all start nodes this way.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::{Multiaddr, PeerId, Transport, noise, tcp, yamux};
+use mesh_protocol::{
+    CatalogEntry, Descriptor, EventId, EventRef, ForkProof, Operation, ProductId, PublicKey,
+    SecretKey, VerifiedCatalogEntry, VerifiedEvent,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::behaviour::{self, Behaviour, CATALOG_SYNC_PROTOCOL, LOG_PROTOCOL};
+use crate::catalog::Catalog;
+use crate::config::NodeConfig;
+use crate::hub::{AppendError, Appender, LogHub, Receipt, Rejection, now_micros};
+use crate::metrics::Metrics;
+use crate::network::{COMMAND_QUEUE, Command, EventLoop};
+use crate::store::Store;
+use crate::{log_stream, sync_catalog};
+
+/// Which libp2p transport a node uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP + noise + yamux: real processes, loopback or a network.
+    Tcp,
+    /// libp2p's in-memory transport + noise + yamux: many nodes in one process. Listen on
+    /// `/memory/0` for a fresh address.
+    Memory,
+}
+
+/// How to start a node.
+pub struct NodeOptions {
+    pub config: NodeConfig,
+    pub protocol: mesh_protocol::Config,
+    pub transport: TransportKind,
+    pub store: Arc<dyn Store>,
+    /// The identity; by default the one in the store, or a new one that is then stored.
+    pub key: Option<SecretKey>,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("config", &self.config)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the event loop, the stream tasks and the handle.
+pub struct Shared {
+    pub peer_id: PeerId,
+    pub key: SecretKey,
+    pub public_key: PublicKey,
+    pub config: NodeConfig,
+    pub protocol: Arc<mesh_protocol::Config>,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<LogHub>,
+    pub catalog: Arc<Catalog>,
+    pub metrics: Arc<Metrics>,
+    pub commands: mpsc::Sender<Command>,
+    pub control: libp2p_stream::Control,
+    pub shutdown: CancellationToken,
+    pub served: AtomicUsize,
+    appender: Appender,
+    started: Instant,
+    peers: Mutex<BTreeMap<PeerId, Multiaddr>>,
+    listen_addrs: Mutex<Vec<Multiaddr>>,
+    syncing: Mutex<HashSet<PeerId>>,
+    sources: Mutex<HashMap<ProductId, (PeerId, u64)>>,
+    following: Mutex<HashMap<ProductId, CancellationToken>>,
+    publishing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // These maps are replaced entry by entry; a poisoned lock still holds a consistent map.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn listen_addrs_push(&self, address: Multiaddr) {
+        lock(&self.listen_addrs).push(address);
+    }
+
+    pub(crate) fn peer_connected(&self, peer: PeerId, address: Multiaddr) {
+        let mut peers = lock(&self.peers);
+        peers.insert(peer, address);
+        self.metrics.peers_connected.set(peers.len() as i64);
+    }
+
+    pub(crate) fn peer_disconnected(&self, peer: &PeerId) {
+        let mut peers = lock(&self.peers);
+        peers.remove(peer);
+        self.metrics.peers_connected.set(peers.len() as i64);
+    }
+
+    pub(crate) fn connected_peers(&self) -> Vec<PeerId> {
+        lock(&self.peers).keys().copied().collect()
+    }
+
+    /// Marks a catalog sync with `peer` as running; `false` if one already is.
+    pub(crate) fn begin_sync(&self, peer: PeerId) -> bool {
+        lock(&self.syncing).insert(peer)
+    }
+
+    pub(crate) fn end_sync(&self, peer: &PeerId) {
+        lock(&self.syncing).remove(peer);
+    }
+
+    pub(crate) fn set_source(&self, product: &ProductId, peer: PeerId, source_head: u64) {
+        lock(&self.sources).insert(product.clone(), (peer, source_head));
+    }
+}
+
+/// A running node. Cheap to clone; every clone drives the same node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+}
+
+/// Starts a node. Returns once it listens on every address in its configuration.
+pub async fn start(options: NodeOptions) -> anyhow::Result<NodeHandle> {
+    let NodeOptions {
+        config,
+        protocol,
+        transport,
+        store,
+        key,
+    } = options;
+    protocol
+        .validate()
+        .map_err(|e| anyhow::anyhow!("protocol limits: {e}"))?;
+    let key = match key {
+        Some(k) => k,
+        None => identity(store.as_ref())?,
+    };
+    let keypair =
+        libp2p::identity::Keypair::ed25519_from_bytes(key.to_bytes()).context("identity key")?;
+    let peer_id = keypair.public().to_peer_id();
+    let protocol = Arc::new(protocol);
+    let mut swarm = build_swarm(keypair, transport, &config, &protocol)?;
+    for address in &config.listen {
+        swarm
+            .listen_on(address.clone())
+            .with_context(|| format!("cannot listen on {address}"))?;
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(LogHub::new(
+        store.clone(),
+        protocol.clone(),
+        metrics.clone(),
+    ));
+    let catalog = Arc::new(Catalog::load(
+        store.clone(),
+        protocol.clone(),
+        metrics.clone(),
+    )?);
+    let appender = Appender::start(hub.clone(), key.clone(), config.commit_batch_max)?;
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let mut control = swarm.behaviour().stream.new_control();
+    let log_streams = control
+        .accept(LOG_PROTOCOL)
+        .map_err(|_| anyhow::anyhow!("log protocol registered twice"))?;
+    let sync_streams = control
+        .accept(CATALOG_SYNC_PROTOCOL)
+        .map_err(|_| anyhow::anyhow!("catalog sync protocol registered twice"))?;
+    let shared = Arc::new(Shared {
+        peer_id,
+        public_key: key.public(),
+        key,
+        config: config.clone(),
+        protocol,
+        store,
+        hub,
+        catalog,
+        metrics,
+        commands,
+        control,
+        shutdown: CancellationToken::new(),
+        served: AtomicUsize::new(0),
+        appender,
+        started: Instant::now(),
+        peers: Mutex::new(BTreeMap::new()),
+        listen_addrs: Mutex::new(Vec::new()),
+        syncing: Mutex::new(HashSet::new()),
+        sources: Mutex::new(HashMap::new()),
+        following: Mutex::new(HashMap::new()),
+        publishing: tokio::sync::Mutex::new(()),
+    });
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(EventLoop::new(swarm, command_rx, shared.clone()).run());
+    tasks.spawn(log_stream::serve(shared.clone(), log_streams));
+    tasks.spawn(sync_catalog::serve(shared.clone(), sync_streams));
+    let handle = NodeHandle {
+        shared,
+        tasks: Arc::new(Mutex::new(tasks)),
+    };
+
+    // Wait until every listener is up, so callers can hand out our addresses.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.listen_addrs().len() < config.listen.len() {
+        if Instant::now() > deadline {
+            handle.shutdown().await;
+            anyhow::bail!(
+                "node did not start listening on {:?} within 5 s",
+                config.listen
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for peer in &config.peers {
+        if let Err(e) = handle.dial(peer.clone()).await {
+            tracing::warn!(%peer, "cannot dial bootstrap peer: {e}");
+        }
+    }
+    for product in handle.shared.store.subscriptions()? {
+        handle.follow(product);
+    }
+    tracing::info!(peer_id = %peer_id, domain = %config.domain, "node started");
+    Ok(handle)
+}
+
+/// The node's identity: stored, or new and then stored.
+fn identity(store: &dyn Store) -> anyhow::Result<SecretKey> {
+    if let Some(seed) = store.identity()? {
+        return Ok(SecretKey::from_bytes(&seed));
+    }
+    let generated = libp2p::identity::Keypair::generate_ed25519()
+        .try_into_ed25519()
+        .context("fresh ed25519 key")?;
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(&generated.secret().as_ref()[..32]);
+    store.set_identity(&seed)?;
+    Ok(SecretKey::from_bytes(&seed))
+}
+
+fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    transport: TransportKind,
+    config: &NodeConfig,
+    protocol: &mesh_protocol::Config,
+) -> anyhow::Result<libp2p::Swarm<Behaviour>> {
+    let behaviour = |key: &libp2p::identity::Keypair| {
+        Behaviour::new(key, protocol)
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
+    };
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match transport {
+        TransportKind::Tcp => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(behaviour)?
+            .with_swarm_config(|c| behaviour::swarm_config(config, c))
+            .build(),
+        TransportKind::Memory => builder
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)
+                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default()),
+                )
+            })?
+            .with_behaviour(behaviour)?
+            .with_swarm_config(|c| behaviour::swarm_config(config, c))
+            .build(),
+    };
+    Ok(swarm)
+}
+
+// ---- the handle --------------------------------------------------------------------------------
+
+/// Why a request to the node failed, as a user should read it.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<crate::store::StoreError> for NodeError {
+    fn from(e: crate::store::StoreError) -> Self {
+        NodeError::Internal(format!("store: {e}"))
+    }
+}
+
+impl From<AppendError> for NodeError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Invalid(m) => NodeError::BadRequest(m),
+            other => NodeError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// One event of a log, as `events` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventView {
+    pub seq: u64,
+    pub id: EventId,
+    pub prev: Option<EventId>,
+    pub timestamp_micros: u64,
+    pub op: &'static str,
+    pub key: String,
+    /// The payload as JSON when it is JSON, else as a string (lossy UTF-8).
+    pub payload: serde_json::Value,
+    pub causes: Vec<EventRef>,
+    /// `verified`, or why the stored event does not verify or does not chain.
+    pub status: String,
+}
+
+/// A subscription as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SubscriptionView {
+    pub product: ProductId,
+    pub held_seq: u64,
+    pub source: Option<String>,
+    pub source_head: Option<u64>,
+    pub lag: u64,
+}
+
+/// A product this node owns, as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct OwnProductView {
+    pub product: ProductId,
+    pub revision: u64,
+    pub head_seq: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ForkView {
+    pub product: ProductId,
+    pub seq: u64,
+    pub first: EventId,
+    pub second: EventId,
+}
+
+/// What `meshnode status` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub peer_id: String,
+    pub domain: String,
+    pub listen_addrs: Vec<String>,
+    pub uptime_secs: u64,
+    pub peers: Vec<PeerView>,
+    pub catalog_entries: usize,
+    pub products: Vec<OwnProductView>,
+    pub subscriptions: Vec<SubscriptionView>,
+    pub forks: Vec<ForkView>,
+    pub equivocations: usize,
+    pub recent_rejections: Vec<Rejection>,
+}
+
+impl NodeHandle {
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer_id
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.public_key
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.shared.config.domain
+    }
+
+    /// Addresses peers can dial, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.shared.listen_addrs)
+            .iter()
+            .map(|a| {
+                a.clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(self.shared.peer_id))
+            })
+            .collect()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.shared.connected_peers()
+    }
+
+    /// Connects to a peer at `address` (which may end in `/p2p/<peer id>`).
+    pub async fn dial(&self, address: Multiaddr) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Dial { address, reply }).await?;
+        rx.await
+            .map_err(|_| NodeError::Internal("node is shutting down".into()))?
+            .map_err(NodeError::BadRequest)
+    }
+
+    async fn command(&self, command: Command) -> Result<(), NodeError> {
+        self.shared
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| NodeError::Internal("node is shutting down".into()))
+    }
+
+    /// The id this node's product of that name has.
+    pub fn product_id(&self, name: &mesh_protocol::ProductName) -> ProductId {
+        ProductId::new(self.shared.public_key, name.clone())
+    }
+
+    /// Publishes a descriptor as this node's product: a new catalog entry with the next
+    /// revision, stored durably, then gossiped.
+    pub async fn publish(&self, descriptor: Descriptor) -> Result<VerifiedCatalogEntry, NodeError> {
+        let _one_at_a_time = self.shared.publishing.lock().await;
+        let product = self.product_id(&descriptor.name);
+        let revision = self
+            .shared
+            .catalog
+            .get(&product)
+            .map_or(0, |e| e.revision())
+            + 1;
+        let entry = CatalogEntry {
+            product,
+            revision,
+            timestamp_micros: now_micros(),
+            descriptor,
+        }
+        .sign(&self.shared.key, &self.shared.protocol)
+        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let catalog = self.shared.catalog.clone();
+        let stored = entry.clone();
+        tokio::task::spawn_blocking(move || catalog.accept_own(&stored))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))??;
+        self.command(Command::Gossip {
+            entry: entry.encoded().clone(),
+        })
+        .await?;
+        tracing::info!(product = %entry.product().short(), revision, "published");
+        Ok(entry)
+    }
+
+    /// Parses a descriptor file's text and publishes it.
+    pub async fn publish_yaml(&self, yaml: &str) -> Result<VerifiedCatalogEntry, NodeError> {
+        let descriptor = Descriptor::from_yaml(yaml, &self.shared.protocol)
+            .map_err(|e| NodeError::BadRequest(format!("invalid descriptor: {e}")))?;
+        self.publish(descriptor).await
+    }
+
+    /// Appends an event to one of this node's products. Returns once it is durable.
+    pub async fn append(
+        &self,
+        product: &ProductId,
+        key: Bytes,
+        op: Operation,
+        payload: Bytes,
+        causes: Vec<EventRef>,
+    ) -> Result<Receipt, NodeError> {
+        if product.owner() != &self.shared.public_key {
+            return Err(NodeError::BadRequest(format!(
+                "{product} is owned by another node; only its owner appends to it"
+            )));
+        }
+        if self.shared.catalog.get(product).is_none() {
+            return Err(NodeError::NotFound(format!(
+                "no product {} here: publish its descriptor first",
+                product.name()
+            )));
+        }
+        Ok(self
+            .shared
+            .appender
+            .append(product.clone(), op, key, payload, causes)
+            .await?)
+    }
+
+    /// Follows a product's log from now on, and after restarts.
+    pub async fn subscribe(&self, product: &ProductId) -> Result<(), NodeError> {
+        if product.owner() == &self.shared.public_key {
+            return Err(NodeError::BadRequest(format!(
+                "{product} is this node's own product"
+            )));
+        }
+        let store = self.shared.store.clone();
+        let p = product.clone();
+        tokio::task::spawn_blocking(move || store.subscription_put(&p))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))??;
+        self.follow(product.clone());
+        Ok(())
+    }
+
+    /// Stops following a product. What was received stays.
+    pub async fn unsubscribe(&self, product: &ProductId) -> Result<(), NodeError> {
+        if let Some(cancel) = lock(&self.shared.following).remove(product) {
+            cancel.cancel();
+        }
+        self.shared.store.subscription_remove(product)?;
+        Ok(())
+    }
+
+    fn follow(&self, product: ProductId) {
+        let mut following = lock(&self.shared.following);
+        if following.contains_key(&product) {
+            return;
+        }
+        let cancel = self.shared.shutdown.child_token();
+        following.insert(product.clone(), cancel.clone());
+        lock(&self.tasks).spawn(log_stream::follow(self.shared.clone(), product, cancel));
+    }
+
+    /// Products this node follows.
+    pub fn subscriptions(&self) -> Result<Vec<ProductId>, NodeError> {
+        Ok(self.shared.store.subscriptions()?)
+    }
+
+    /// The head seq this node holds of a product's log (0 for none).
+    pub fn head_seq(&self, product: &ProductId) -> u64 {
+        self.shared.hub.head(product).map_or(0, |h| h.seq())
+    }
+
+    /// Up to `limit` events of a product's log from `from_seq` on, each checked again: its
+    /// signature, and that it chains to the one before.
+    pub fn events(
+        &self,
+        product: &ProductId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<EventView>, NodeError> {
+        let from_seq = from_seq.max(1);
+        let start = from_seq.saturating_sub(1).max(1);
+        let raw = self
+            .shared
+            .store
+            .log_range(product, start, limit.saturating_add(1))?;
+        let mut previous: Option<VerifiedEvent> = None;
+        let mut out = Vec::new();
+        for bytes in raw {
+            let view = match VerifiedEvent::decode_and_verify(bytes.clone(), &self.shared.protocol)
+            {
+                Ok(event) => {
+                    let status = match &previous {
+                        Some(p) => match mesh_protocol::LogHead::at(p).validate_next(&event) {
+                            Ok(()) => "verified".to_owned(),
+                            Err(e) => format!("broken chain: {e}"),
+                        },
+                        None if event.seq() == 1 || event.seq() == start => "verified".to_owned(),
+                        None => "verified (chain not checked)".to_owned(),
+                    };
+                    let view = event_view(&event, status);
+                    previous = Some(event);
+                    view
+                }
+                Err(e) => {
+                    previous = None;
+                    EventView {
+                        seq: 0,
+                        id: EventId::from_bytes(*blake3::hash(&bytes).as_bytes()),
+                        prev: None,
+                        timestamp_micros: 0,
+                        op: "unknown",
+                        key: String::new(),
+                        payload: serde_json::Value::Null,
+                        causes: vec![],
+                        status: format!("does not verify: {e}"),
+                    }
+                }
+            };
+            if view.seq >= from_seq || view.seq == 0 {
+                out.push(view);
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// A record's current value in the live replica.
+    pub fn get(&self, product: &ProductId, key: &[u8]) -> Result<Option<Bytes>, NodeError> {
+        Ok(self.shared.store.replica_get(product, key)?)
+    }
+
+    pub fn catalog(&self) -> Vec<VerifiedCatalogEntry> {
+        self.shared.catalog.entries()
+    }
+
+    pub fn catalog_entry(&self, product: &ProductId) -> Option<VerifiedCatalogEntry> {
+        self.shared.catalog.get(product)
+    }
+
+    /// Entries as they change at this node, from now on.
+    pub fn catalog_changes(&self) -> tokio::sync::broadcast::Receiver<VerifiedCatalogEntry> {
+        self.shared.catalog.subscribe()
+    }
+
+    /// Fork proofs this node holds, of one product or all.
+    pub fn forks(&self, product: Option<&ProductId>) -> Result<Vec<ForkProof>, NodeError> {
+        self.shared
+            .store
+            .forks(product)?
+            .into_iter()
+            .map(|b| {
+                ForkProof::decode_and_verify(b, &self.shared.protocol)
+                    .map_err(|e| NodeError::Internal(format!("stored fork proof: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> Result<Status, NodeError> {
+        let s = &self.shared;
+        let peers = lock(&s.peers)
+            .iter()
+            .map(|(p, a)| PeerView {
+                peer_id: p.to_string(),
+                address: a.to_string(),
+            })
+            .collect();
+        let products = s
+            .catalog
+            .entries()
+            .into_iter()
+            .filter(|e| e.product().owner() == &s.public_key)
+            .map(|e| OwnProductView {
+                head_seq: self.head_seq(e.product()),
+                revision: e.revision(),
+                product: e.product().clone(),
+            })
+            .collect();
+        let sources = lock(&s.sources).clone();
+        let subscriptions = s
+            .store
+            .subscriptions()?
+            .into_iter()
+            .map(|product| {
+                let held_seq = self.head_seq(&product);
+                let source = sources.get(&product);
+                SubscriptionView {
+                    held_seq,
+                    source: source.map(|(p, _)| p.to_string()),
+                    source_head: source.map(|(_, h)| *h),
+                    lag: source.map_or(0, |(_, h)| h.saturating_sub(held_seq)),
+                    product,
+                }
+            })
+            .collect();
+        let forks = self
+            .forks(None)?
+            .into_iter()
+            .map(|f| {
+                let (a, b) = f.events();
+                ForkView {
+                    product: f.product().clone(),
+                    seq: f.seq(),
+                    first: a.id(),
+                    second: b.id(),
+                }
+            })
+            .collect();
+        Ok(Status {
+            peer_id: s.peer_id.to_string(),
+            domain: s.config.domain.clone(),
+            listen_addrs: self
+                .listen_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            uptime_secs: s.started.elapsed().as_secs(),
+            peers,
+            catalog_entries: s.catalog.len(),
+            products,
+            subscriptions,
+            forks,
+            equivocations: s.catalog.equivocations().len(),
+            recent_rejections: s.hub.rejections(),
+        })
+    }
+
+    /// Stops the node: the event loop, every stream and subscription, then waits for them.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("tasks still running 5 s after shutdown; aborting them");
+            tasks.abort_all();
+        }
+    }
+}
+
+fn event_view(event: &VerifiedEvent, status: String) -> EventView {
+    let e = event.event();
+    let payload = serde_json::from_slice(&e.payload).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&e.payload).into_owned())
+    });
+    EventView {
+        seq: e.seq,
+        id: event.id(),
+        prev: e.prev,
+        timestamp_micros: e.timestamp_micros,
+        op: e.op.as_str(),
+        key: String::from_utf8_lossy(&e.key).into_owned(),
+        payload: if e.op == Operation::Delete {
+            serde_json::Value::Null
+        } else {
+            payload
+        },
+        causes: e.causes.clone(),
+        status,
+    }
+}

@@ -1,0 +1,151 @@
+//! Catalog anti-entropy over `/mesh/catalog-sync/1`.
+//!
+//! The asker sends `Digest`, gets the other side's bucket hashes, and for each bucket that
+//! differs sends what it holds there and receives what it lacks, page by page. Two round trips
+//! when catalogs are equal, whatever their size. Every node asks a random peer on a timer and
+//! every new peer at once, so a node that joined late, restarted or was partitioned converges
+//! without anyone publishing again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::{PeerId, Stream};
+use mesh_protocol::sync::{BucketResponse, CatalogDigest, CatalogSyncRequest};
+
+use crate::behaviour::CATALOG_SYNC_PROTOCOL;
+use crate::codec::{self, FrameError};
+use crate::network::short;
+use crate::node::Shared;
+
+/// Longest wait for the other side's next frame.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait to open a stream (including dialing).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest bucket response. Entries are at most 60 KiB, so a page holds at least 17 of them.
+const RESPONSE_BYTES_MAX: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cannot open a stream: {0}")]
+    Open(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("peer closed the stream early")]
+    Closed,
+    #[error("malformed message: {0}")]
+    Decode(#[from] mesh_protocol::DecodeError),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// Starts a sync with `peer` unless one is running already.
+pub fn spawn_sync(shared: Arc<Shared>, peer: PeerId) {
+    if !shared.begin_sync(peer) {
+        return;
+    }
+    tokio::spawn(async move {
+        match sync_with(&shared, peer).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(peer = %short(&peer), entries = n, "catalog caught up"),
+            Err(e) => tracing::debug!(peer = %short(&peer), "catalog sync failed: {e}"),
+        }
+        shared.end_sync(&peer);
+    });
+}
+
+/// Pulls from `peer` every entry it holds that this node lacks or holds older. Returns how
+/// many entries changed here.
+pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, SyncError> {
+    let mut control = shared.control.clone();
+    let mut stream = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        control.open_stream(peer, CATALOG_SYNC_PROTOCOL),
+    )
+    .await
+    .map_err(|_| SyncError::Open("timed out".into()))?
+    .map_err(|e| SyncError::Open(e.to_string()))?;
+    let config = shared.protocol.clone();
+    codec::send_frame(&mut stream, &CatalogSyncRequest::Digest.encode())
+        .await
+        .map_err(FrameError::from)?;
+    let digest = read(&mut stream, config.frame_bytes_max).await?;
+    let theirs = CatalogDigest::decode(digest, &config)?;
+    let mut changed = 0;
+    for bucket in shared.catalog.differing_buckets(&theirs) {
+        loop {
+            let request = CatalogSyncRequest::Bucket {
+                bucket,
+                have: shared.catalog.versions_in(bucket),
+            };
+            codec::send_frame(&mut stream, &request.encode())
+                .await
+                .map_err(FrameError::from)?;
+            let response =
+                BucketResponse::decode(read(&mut stream, config.frame_bytes_max).await?, &config)?;
+            let catalog = shared.catalog.clone();
+            let peer_name = short(&peer);
+            let entries = response.entries;
+            let accepted =
+                tokio::task::spawn_blocking(move || catalog.accept_many(entries, &peer_name))
+                    .await
+                    .map_err(|e| SyncError::Store(e.to_string()))?
+                    .map_err(|e| SyncError::Store(e.to_string()))?;
+            changed += accepted.changed.len();
+            // Stop paging when the peer has nothing more, or sends nothing we can use (a peer
+            // that keeps answering `more` with rejected entries cannot keep us here).
+            if !response.more || accepted.changed.is_empty() {
+                break;
+            }
+        }
+    }
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    Ok(changed)
+}
+
+async fn read(stream: &mut Stream, max: usize) -> Result<bytes::Bytes, SyncError> {
+    codec::read_frame(stream, max, FRAME_TIMEOUT)
+        .await?
+        .ok_or(SyncError::Closed)
+}
+
+/// Answers sync requests from peers.
+pub async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
+    let shutdown = shared.shutdown.clone();
+    loop {
+        let (peer, stream) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(&shared, stream).await {
+                tracing::debug!(peer = %short(&peer), "catalog sync stream ended: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_one(shared: &Arc<Shared>, mut stream: Stream) -> Result<(), SyncError> {
+    let config = shared.protocol.clone();
+    loop {
+        let Some(frame) =
+            codec::read_frame(&mut stream, config.frame_bytes_max, FRAME_TIMEOUT).await?
+        else {
+            return Ok(());
+        };
+        let response = match CatalogSyncRequest::decode(frame, &config)? {
+            CatalogSyncRequest::Digest => shared.catalog.digest().encode(),
+            CatalogSyncRequest::Bucket { bucket, have } => {
+                let (entries, more) = shared.catalog.newer_than(bucket, &have, RESPONSE_BYTES_MAX);
+                BucketResponse { entries, more }.encode()
+            }
+        };
+        codec::send_frame(&mut stream, &response)
+            .await
+            .map_err(FrameError::from)?;
+    }
+}
