@@ -211,9 +211,9 @@ impl LogHub {
             }
             return;
         }
+        self.metrics.events_appended.inc_by(events.len() as u64);
         *head = tentative;
         drop(head);
-        self.metrics.events_appended.inc_by(events.len() as u64);
         let receipts: Vec<Receipt> = events
             .iter()
             .map(|e| Receipt {
@@ -279,18 +279,18 @@ impl LogHub {
                 }
             }
         }
+        // Count before the head moves, so whoever sees the new head sees the counts too.
+        self.metrics
+            .events_duplicate
+            .inc_by(report.duplicates as u64);
         if !run.is_empty() {
             self.store.log_append(product, &run)?;
+            self.metrics.events_received.inc_by(run.len() as u64);
             *head = tentative;
         }
         let head_seq = head.seq();
         drop(head);
-
         report.accepted = run.len();
-        self.metrics.events_received.inc_by(run.len() as u64);
-        self.metrics
-            .events_duplicate
-            .inc_by(report.duplicates as u64);
         if !run.is_empty() {
             let _ = slot.live.send(Live::Events(run.into()));
         }
@@ -393,7 +393,8 @@ impl LogHub {
 /// everything queued (up to `batch_max`), signs and commits it per product with one flush, and
 /// replies. Under load, many appends share one flush; alone, an append waits for no one.
 pub struct Appender {
-    sender: std::sync::mpsc::SyncSender<AppendRequest>,
+    sender: Mutex<Option<std::sync::mpsc::SyncSender<AppendRequest>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Appender {
@@ -408,7 +409,7 @@ const APPEND_QUEUE: usize = 8192;
 impl Appender {
     pub fn start(hub: Arc<LogHub>, key: SecretKey, batch_max: usize) -> std::io::Result<Self> {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<AppendRequest>(APPEND_QUEUE);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("mesh-append".into())
             .spawn(move || {
                 // Ends when every sender is dropped, i.e. when the node shuts down.
@@ -432,7 +433,20 @@ impl Appender {
                     }
                 }
             })?;
-        Ok(Self { sender })
+        Ok(Self {
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops taking appends, lets the thread commit what is queued, and waits for it. Blocking.
+    pub fn stop(&self) {
+        lock(&self.sender).take();
+        if let Some(thread) = lock(&self.thread).take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the append thread panicked");
+        }
     }
 
     /// Queues an append; the reply arrives once the event is durable.
@@ -453,11 +467,13 @@ impl Appender {
             causes,
             reply,
         };
-        match self.sender.try_send(request) {
+        let Some(sender) = lock(&self.sender).clone() else {
+            return Err(AppendError::ShuttingDown);
+        };
+        match sender.try_send(request) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(request)) => {
                 // The queue is full: wait for room off the async workers.
-                let sender = self.sender.clone();
                 let sent = tokio::task::spawn_blocking(move || sender.send(request).is_ok())
                     .await
                     .map_err(|_| AppendError::ShuttingDown)?;

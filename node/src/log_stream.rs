@@ -62,6 +62,8 @@ pub enum StreamError {
     BadProof(mesh_protocol::ProofError),
     #[error("store: {0}")]
     Store(String),
+    #[error("leaving a fallback source for the owner")]
+    SwitchToOwner,
 }
 
 // ---- serving ---------------------------------------------------------------------------------
@@ -77,9 +79,9 @@ pub async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStr
                 None => return,
             },
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let result = serve_one(&shared, peer, stream).await;
+        let task_shared = shared.clone();
+        shared.spawn(async move {
+            let result = serve_one(&task_shared, peer, stream).await;
             if let Err(e) = result {
                 tracing::debug!(peer = %short(&peer), "log stream ended: {e}");
             }
@@ -299,7 +301,9 @@ pub async fn follow(
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut retry = shared.config.subscription_retry;
+    let mut peer_joined = shared.peer_joined.subscribe();
     loop {
+        peer_joined.mark_unchanged();
         let mut progressed = false;
         for peer in sources(&shared, &product) {
             if cancel.is_cancelled() {
@@ -327,19 +331,38 @@ pub async fn follow(
         if progressed {
             retry = shared.config.subscription_retry;
         }
+        // Wait, but not past a new peer's arrival: it may be the owner coming back, or another
+        // holder of the log.
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(retry) => {}
+            () = tokio::time::sleep(retry) => retry = (retry * 2).min(RETRY_MAX),
+            _ = peer_joined.changed() => retry = shared.config.subscription_retry,
         }
-        retry = (retry * 2).min(RETRY_MAX);
     }
+}
+
+/// While following another subscriber, how often to look whether the owner is reachable.
+const OWNER_RECHECK: Duration = Duration::from_secs(2);
+
+/// Aborts a task when dropped: here, the reader of a stream we stopped following.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The peer id of a product's owner.
+fn owner_peer(product: &ProductId) -> Option<PeerId> {
+    libp2p::identity::ed25519::PublicKey::try_from_bytes(product.owner().as_bytes())
+        .ok()
+        .map(|k| libp2p::identity::PublicKey::from(k).to_peer_id())
 }
 
 /// Where to ask for a product's log, best first: its owner, then every other connected peer.
 fn sources(shared: &Shared, product: &ProductId) -> Vec<PeerId> {
-    let owner = libp2p::identity::ed25519::PublicKey::try_from_bytes(product.owner().as_bytes())
-        .map(|k| libp2p::identity::PublicKey::from(k).to_peer_id());
-    let mut peers: Vec<PeerId> = owner.into_iter().collect();
+    let mut peers: Vec<PeerId> = owner_peer(product).into_iter().collect();
     for peer in shared.connected_peers() {
         if !peers.contains(&peer) {
             peers.push(peer);
@@ -378,11 +401,46 @@ async fn follow_from(
     shared.set_source(product, peer, source_head);
     shared.hub.set_lag(product, source_head);
     let peer_name = short(&peer);
+    // Following another subscriber is a fallback: when the owner is reachable again, go back
+    // to it. Otherwise subscribers that fell back to each other could keep following each
+    // other and never see the owner's new events.
+    let owner = owner_peer(product).filter(|o| *o != peer);
+    let mut peer_joined = shared.peer_joined.subscribe();
+    let mut owner_check = tokio::time::interval(OWNER_RECHECK);
+    owner_check.reset();
+    // Frames are read by their own task, so that waiting for a frame can be interrupted
+    // without cutting a frame in half.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(4);
+    let frame_bytes_max = config.frame_bytes_max;
+    let _reader = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let frame = codec::read_frame(&mut stream, frame_bytes_max, SILENCE_TIMEOUT).await;
+            let last = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || last {
+                return;
+            }
+        }
+    }));
+    enum Next {
+        Frame(Option<Bytes>),
+        LookForOwner,
+    }
     loop {
-        let Some(frame) =
-            codec::read_frame(&mut stream, config.frame_bytes_max, SILENCE_TIMEOUT).await?
-        else {
-            return Ok(());
+        let next = tokio::select! {
+            frame = frames.recv() => Next::Frame(frame.ok_or(StreamError::Closed)??),
+            _ = peer_joined.changed(), if owner.is_some() => Next::LookForOwner,
+            _ = owner_check.tick(), if owner.is_some() => Next::LookForOwner,
+        };
+        let frame = match next {
+            Next::Frame(Some(frame)) => frame,
+            Next::Frame(None) => return Ok(()),
+            Next::LookForOwner => {
+                if owner.is_some_and(|o| shared.connected_peers().contains(&o)) {
+                    tracing::info!(product = %product.short(), "owner reachable: switching back to it");
+                    return Err(StreamError::SwitchToOwner);
+                }
+                continue;
+            }
         };
         let frame = LogFrame::decode(frame, &config)?;
         if let Some(proof) = frame.fork {

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::behaviour::{self, Behaviour, CATALOG_SYNC_PROTOCOL, LOG_PROTOCOL};
 use crate::catalog::Catalog;
@@ -77,9 +78,15 @@ pub struct Shared {
     pub control: libp2p_stream::Control,
     pub shutdown: CancellationToken,
     pub served: AtomicUsize,
+    /// Background tasks that are not joined one by one; all stop at shutdown.
+    tracker: TaskTracker,
     appender: Appender,
     started: Instant,
     peers: Mutex<BTreeMap<PeerId, Multiaddr>>,
+    /// Counts peer arrivals. A subscription waiting to retry wakes at once when it changes,
+    /// even if the arrival happened while it was busy (a `watch` remembers; a `Notify` would
+    /// only wake tasks already waiting).
+    pub(crate) peer_joined: tokio::sync::watch::Sender<u64>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     syncing: Mutex<HashSet<PeerId>>,
     sources: Mutex<HashMap<ProductId, (PeerId, u64)>>,
@@ -109,6 +116,8 @@ impl Shared {
         let mut peers = lock(&self.peers);
         peers.insert(peer, address);
         self.metrics.peers_connected.set(peers.len() as i64);
+        drop(peers);
+        self.peer_joined.send_modify(|n| *n += 1);
     }
 
     pub(crate) fn peer_disconnected(&self, peer: &PeerId) {
@@ -128,6 +137,20 @@ impl Shared {
 
     pub(crate) fn end_sync(&self, peer: &PeerId) {
         lock(&self.syncing).remove(peer);
+    }
+
+    /// Runs a background task until it ends or the node shuts down.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = task => {}
+            }
+        });
     }
 
     pub(crate) fn set_source(&self, product: &ProductId, peer: PeerId, source_head: u64) {
@@ -203,9 +226,11 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<NodeHandle> {
         control,
         shutdown: CancellationToken::new(),
         served: AtomicUsize::new(0),
+        tracker: TaskTracker::new(),
         appender,
         started: Instant::now(),
         peers: Mutex::new(BTreeMap::new()),
+        peer_joined: tokio::sync::watch::Sender::new(0),
         listen_addrs: Mutex::new(Vec::new()),
         syncing: Mutex::new(HashSet::new()),
         sources: Mutex::new(HashMap::new()),
@@ -711,17 +736,47 @@ impl NodeHandle {
         })
     }
 
-    /// Stops the node: the event loop, every stream and subscription, then waits for them.
-    pub async fn shutdown(&self) {
-        self.shared.shutdown.cancel();
+    /// Stops the node and releases its store: cancels the event loop, every stream and
+    /// subscription, lets queued appends commit, and waits (5 s at most) until nothing else
+    /// holds the node's state. A node can be started again on the same store afterwards.
+    pub async fn shutdown(self) {
+        let shared = self.shared.clone();
+        shared.shutdown.cancel();
         let mut tasks = std::mem::take(&mut *lock(&self.tasks));
-        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        drop(self);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if tokio::time::timeout_at(deadline.into(), async {
             while tasks.join_next().await.is_some() {}
         })
-        .await;
-        if drained.is_err() {
+        .await
+        .is_err()
+        {
             tracing::warn!("tasks still running 5 s after shutdown; aborting them");
             tasks.abort_all();
+        }
+        shared.tracker.close();
+        let _ = tokio::time::timeout_at(deadline.into(), shared.tracker.wait()).await;
+        let stopping = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || stopping.appender.stop()).await;
+        // Blocking work already under way (an ingest, a gossip check, a backfill read) holds
+        // the state or the store briefly; wait for it, so the store is closed when we return.
+        while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let store = match Arc::try_unwrap(shared) {
+            Ok(state) => state.store.clone(),
+            Err(_) => {
+                tracing::warn!(
+                    "node state still referenced after shutdown (another NodeHandle clone?)"
+                );
+                return;
+            }
+        };
+        while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&store) > 1 {
+            tracing::warn!("store still in use 5 s after shutdown");
         }
     }
 }

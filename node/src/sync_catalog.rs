@@ -44,13 +44,14 @@ pub fn spawn_sync(shared: Arc<Shared>, peer: PeerId) {
     if !shared.begin_sync(peer) {
         return;
     }
-    tokio::spawn(async move {
-        match sync_with(&shared, peer).await {
+    let task_shared = shared.clone();
+    shared.spawn(async move {
+        match sync_with(&task_shared, peer).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(peer = %short(&peer), entries = n, "catalog caught up"),
             Err(e) => tracing::debug!(peer = %short(&peer), "catalog sync failed: {e}"),
         }
-        shared.end_sync(&peer);
+        task_shared.end_sync(&peer);
     });
 }
 
@@ -120,9 +121,9 @@ pub async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStr
                 None => return,
             },
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_one(&shared, stream).await {
+        let task_shared = shared.clone();
+        shared.spawn(async move {
+            if let Err(e) = serve_one(&task_shared, stream).await {
                 tracing::debug!(peer = %short(&peer), "catalog sync stream ended: {e}");
             }
         });
