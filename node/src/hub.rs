@@ -45,7 +45,7 @@ struct Slot {
 }
 
 /// A rejected event, for `status` and the API.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Rejection {
     pub at_micros: u64,
     pub product: String,

@@ -13,10 +13,13 @@
 //! - [`node`]: [`start`] a node on a chosen transport and store, and drive it with a
 //!   [`NodeHandle`].
 
+pub mod api;
+pub mod audit;
 pub mod behaviour;
 pub mod catalog;
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod log_stream;
 pub mod metrics;

@@ -1,14 +1,25 @@
-//! `meshnode`: the data mesh node's command line.
+//! `meshnode`: the data mesh node's command line, a thin shell over the `mesh_node` library.
 //!
-//! The node itself (networking, store, HTTP API) is still being built; today the binary checks
-//! descriptor files, the same checks every node applies to catalog entries it receives.
+//! `init`, `run`, `verify` and `check` work on a node's home directory or files; the other verbs
+//! talk to a running node's HTTP API (`--api`, default `127.0.0.1:8080`). Every verb exits
+//! non-zero with a one-line reason on failure and prints JSON with `--json`.
 
-use std::path::PathBuf;
+mod client;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use mesh_protocol::{Config, Descriptor};
+use libp2p::Multiaddr;
+use mesh_node::api::AppendBody;
+use mesh_node::store::SledStore;
+use mesh_node::{NodeConfig, NodeOptions, TransportKind};
+use mesh_protocol::{Config, Descriptor, ProductId, SecretKey};
+
+use crate::client::Client;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,40 +32,609 @@ struct Cli {
     command: Command,
 }
 
+/// How to print results.
+#[derive(Debug, clap::Args)]
+struct Output {
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where a running node's HTTP API is.
+#[derive(Debug, clap::Args)]
+struct Api {
+    /// HOST:PORT of the node's HTTP API.
+    #[arg(long, env = "MESHNODE_API", default_value = "127.0.0.1:8080")]
+    api: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a data product descriptor file and print it as the mesh will see it.
-    Check {
-        /// The descriptor YAML file.
-        file: PathBuf,
-        /// Print the checked descriptor as JSON.
+    /// Create a node's home: an identity key and a commented node.toml.
+    Init {
+        #[command(flatten)]
+        out: Output,
         #[arg(long)]
-        json: bool,
+        home: PathBuf,
+        /// The business domain this node serves, e.g. sales.
+        #[arg(long)]
+        domain: String,
+        /// Address to listen on for peers.
+        #[arg(long)]
+        listen: Option<Multiaddr>,
+        /// HOST:PORT for the HTTP API.
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
+    /// Run a node until Ctrl-C or SIGTERM.
+    Run {
+        #[command(flatten)]
+        out: Output,
+        #[arg(long)]
+        home: PathBuf,
+        /// Address to listen on for peers (repeatable); replaces node.toml's `listen`.
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// A peer to connect to at start (repeatable); added to node.toml's `peers`.
+        #[arg(long)]
+        peer: Vec<Multiaddr>,
+        /// HOST:PORT for the HTTP API; replaces node.toml's `api`.
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
+    /// Publish (create or update) a data product from its descriptor file.
+    Publish {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        file: PathBuf,
+    },
+    /// Append a change event to one of the node's products.
+    Append {
+        #[command(flatten)]
+        api: Api,
+        product: String,
+        #[arg(long)]
+        key: String,
+        /// The record's new value, as JSON. (The receipt is always printed as JSON.)
+        #[arg(
+            long = "json",
+            conflicts_with = "delete",
+            required_unless_present = "delete"
+        )]
+        value: Option<String>,
+        /// Upstream event this one was derived from, as PRODUCT#SEQ#EVENT_ID (repeatable).
+        #[arg(long)]
+        cause: Vec<String>,
+        /// Delete the record instead.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Follow a product's log; the node keeps a live replica and resumes after restarts.
+    Subscribe {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        product: String,
+    },
+    /// Stop following a product (what was received stays).
+    Unsubscribe {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        product: String,
+    },
+    /// Show a product's log, each event re-verified.
+    Events {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        product: String,
+        /// First sequence number to show.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Get a record from a product's live replica.
+    Get {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        product: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Peers, products, subscriptions and their lag, forks, recent rejections.
+    Status {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// List the catalog this node holds (ranked search arrives with the discovery work).
+    Catalog {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        /// Only entries whose name, description, tags or fields contain this text.
+        #[arg(long)]
+        q: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Audit a stored log offline: signatures, chain, head and replica. Stop the node first.
+    Verify {
+        #[command(flatten)]
+        out: Output,
+        #[arg(long)]
+        home: PathBuf,
+        product: String,
+    },
+    /// Check a descriptor file and print it as the mesh will see it.
+    Check {
+        #[command(flatten)]
+        out: Output,
+        file: PathBuf,
+    },
+    /// Start a four-domain mesh on loopback, run it end to end, and stop.
+    Demo {
+        #[command(flatten)]
+        out: Output,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // The demo prints its own tour; keep node logs for problems there.
+        let level = if matches!(cli.command, Command::Demo { .. }) {
+            "warn"
+        } else {
+            "info"
+        };
+        tracing_subscriber::EnvFilter::new(level)
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("meshnode: {e:#}");
+            // One line: the reason and its causes, joined.
+            eprintln!("meshnode: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Check { file, json } => check(&file, json),
+        Command::Init {
+            out,
+            home,
+            domain,
+            listen,
+            api,
+        } => init(&home, &domain, listen, api, out.json),
+        Command::Run {
+            out,
+            home,
+            listen,
+            peer,
+            api,
+        } => runtime()?.block_on(run_node(&home, listen, peer, api, out.json)),
+        Command::Publish { out, api, file } => {
+            let json = out.json;
+            let yaml = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let entry: serde_json::Value =
+                Client::new(&api.api)?.post_text("/v1/products", yaml)?;
+            print(json, &entry, || {
+                format!(
+                    "published {} revision {}",
+                    entry["product"].as_str().unwrap_or("?"),
+                    entry["revision"]
+                )
+            })
+        }
+        Command::Append {
+            api,
+            product,
+            key,
+            value,
+            delete,
+            cause,
+        } => {
+            let product = parse_product(&product)?;
+            let value = value
+                .map(|v| {
+                    serde_json::from_str(&v)
+                        .with_context(|| format!("--json-value is not JSON: {v}"))
+                })
+                .transpose()?;
+            let causes = cause
+                .iter()
+                .map(|c| parse_cause(c))
+                .collect::<anyhow::Result<_>>()?;
+            let body = AppendBody {
+                key,
+                value,
+                delete,
+                causes,
+            };
+            let receipt: serde_json::Value = Client::new(&api.api)?
+                .post_json(&format!("/v1/products/{product}/events"), &body)?;
+            print(true, &receipt, String::new)
+        }
+        Command::Subscribe { out, api, product } => {
+            let json = out.json;
+            let product = parse_product(&product)?;
+            let body = serde_json::json!({ "product": product });
+            let reply: serde_json::Value =
+                Client::new(&api.api)?.post_json("/v1/subscriptions", &body)?;
+            print(json, &reply, || {
+                format!(
+                    "subscribed to {product}; holding up to seq {}",
+                    reply["held_seq"]
+                )
+            })
+        }
+        Command::Unsubscribe { out, api, product } => {
+            let json = out.json;
+            let product = parse_product(&product)?;
+            let reply: serde_json::Value =
+                Client::new(&api.api)?.delete(&format!("/v1/subscriptions/{product}"))?;
+            print(json, &reply, || format!("unsubscribed from {product}"))
+        }
+        Command::Events {
+            out,
+            api,
+            product,
+            from,
+            limit,
+        } => {
+            let json = out.json;
+            let product = parse_product(&product)?;
+            let events: Vec<serde_json::Value> = Client::new(&api.api)?.get(&format!(
+                "/v1/products/{product}/events?from={from}&limit={limit}"
+            ))?;
+            print(json, &events, || {
+                let mut out = format!("{} event(s) of {product}\n", events.len());
+                for e in &events {
+                    let id = e["id"].as_str().unwrap_or("");
+                    out.push_str(&format!(
+                        "{:>6}  {}  {:<6} {:<16} {}  [{}]\n",
+                        e["seq"],
+                        &id[..id.len().min(12)],
+                        e["op"].as_str().unwrap_or(""),
+                        e["key"].as_str().unwrap_or(""),
+                        e["payload"],
+                        e["status"].as_str().unwrap_or("")
+                    ));
+                }
+                out.trim_end().to_owned()
+            })
+        }
+        Command::Get {
+            out,
+            api,
+            product,
+            key,
+        } => {
+            let json = out.json;
+            let product = parse_product(&product)?;
+            let record: serde_json::Value = Client::new(&api.api)?.get(&format!(
+                "/v1/products/{product}/record?key={}",
+                client::encode_query(&key)
+            ))?;
+            print(json, &record, || record["value"].to_string())
+        }
+        Command::Status { out, api } => {
+            let json = out.json;
+            let status: mesh_node::Status = Client::new(&api.api)?.get("/v1/status")?;
+            print(json, &status, || status_text(&status))
+        }
+        Command::Catalog {
+            out,
+            api,
+            q,
+            domain,
+            tag,
+        } => {
+            let json = out.json;
+            let mut query = Vec::new();
+            for (name, value) in [("q", q), ("domain", domain), ("tag", tag)] {
+                if let Some(v) = value {
+                    query.push(format!("{name}={}", client::encode_query(&v)));
+                }
+            }
+            let entries: Vec<serde_json::Value> =
+                Client::new(&api.api)?.get(&format!("/v1/catalog?{}", query.join("&")))?;
+            print(json, &entries, || {
+                let mut out = format!("{} product(s)\n", entries.len());
+                for e in &entries {
+                    let d = &e["descriptor"];
+                    out.push_str(&format!(
+                        "{}  {} v{} r{}  {}\n",
+                        e["product"].as_str().unwrap_or("?"),
+                        d["domain"].as_str().unwrap_or("?"),
+                        d["version"].as_str().unwrap_or("?"),
+                        e["revision"],
+                        d["description"].as_str().unwrap_or("")
+                    ));
+                }
+                out.trim_end().to_owned()
+            })
+        }
+        Command::Verify { out, home, product } => verify(&home, &product, out.json),
+        Command::Check { out, file } => check(&file, out.json),
+        Command::Demo { out } => {
+            runtime()?.block_on(mesh_node::demo::run(&mut std::io::stdout(), out.json))
+        }
     }
 }
 
-fn check(file: &PathBuf, json: bool) -> anyhow::Result<()> {
-    let config = Config::default();
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+fn parse_product(text: &str) -> anyhow::Result<ProductId> {
+    text.parse()
+        .with_context(|| format!("invalid product id {text:?}"))
+}
+
+/// `PRODUCT#SEQ#EVENT_ID`: an upstream event, as `events --json` shows its parts.
+fn parse_cause(text: &str) -> anyhow::Result<mesh_protocol::EventRef> {
+    let mut parts = text.split('#');
+    let (Some(product), Some(seq), Some(id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        bail!("--cause {text:?}: expected PRODUCT#SEQ#EVENT_ID");
+    };
+    Ok(mesh_protocol::EventRef {
+        product: parse_product(product)?,
+        seq: seq
+            .parse()
+            .with_context(|| format!("--cause {text:?}: {seq:?} is not a sequence number"))?,
+        id: id
+            .parse()
+            .with_context(|| format!("--cause {text:?}: bad event id"))?,
+    })
+}
+
+const CONFIG_FILE: &str = "node.toml";
+const KEY_FILE: &str = "identity.key";
+const DB_DIR: &str = "db";
+
+fn init(
+    home: &Path,
+    domain: &str,
+    listen: Option<Multiaddr>,
+    api: Option<SocketAddr>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let key_path = home.join(KEY_FILE);
+    if key_path.exists() {
+        bail!(
+            "{} already holds a node identity; refusing to replace it",
+            home.display()
+        );
+    }
+    std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
+    let mut config = NodeConfig {
+        domain: domain.to_owned(),
+        ..NodeConfig::default()
+    };
+    if let Some(listen) = listen {
+        config.listen = vec![listen];
+    }
+    if let Some(api) = api {
+        config.api = api;
+    }
+    let keypair = libp2p::identity::Keypair::generate_ed25519()
+        .try_into_ed25519()
+        .context("fresh ed25519 key")?;
+    let seed: [u8; 32] = keypair.secret().as_ref()[..32]
+        .try_into()
+        .context("ed25519 seed")?;
+    write_private(&key_path, format!("{}\n", hex::encode(seed)).as_bytes())?;
+    std::fs::write(home.join(CONFIG_FILE), config.commented_toml())
+        .with_context(|| format!("cannot write {}", home.join(CONFIG_FILE).display()))?;
+    let peer_id = SecretKey::from_bytes(&seed).public();
+    let summary =
+        serde_json::json!({ "home": home, "peer_id": peer_id.to_string(), "domain": domain });
+    print(json, &summary, || {
+        format!(
+            "initialised {} for domain {domain}\npeer id {peer_id}\nrun it with: meshnode run --home {}",
+            home.display(),
+            home.display()
+        )
+    })
+}
+
+/// Writes a file readable by its owner only (the identity key).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn read_key(home: &Path) -> anyhow::Result<SecretKey> {
+    let path = home.join(KEY_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {} (run `meshnode init --home {}` first)",
+            path.display(),
+            home.display()
+        )
+    })?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .with_context(|| format!("{} is not a 64-hex-digit key", path.display()))?;
+    Ok(SecretKey::from_bytes(&seed))
+}
+
+fn open_store(home: &Path) -> anyhow::Result<SledStore> {
+    let path = home.join(DB_DIR);
+    SledStore::open(&path).map_err(|e| {
+        if e.to_string().contains("could not acquire lock") {
+            anyhow::anyhow!(
+                "{} is in use: is the node running? Stop it first",
+                path.display()
+            )
+        } else {
+            anyhow::anyhow!("cannot open {}: {e}", path.display())
+        }
+    })
+}
+
+async fn run_node(
+    home: &Path,
+    listen: Vec<Multiaddr>,
+    peers: Vec<Multiaddr>,
+    api: Option<SocketAddr>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut config = NodeConfig::load(&home.join(CONFIG_FILE))?;
+    if !listen.is_empty() {
+        config.listen = listen;
+    }
+    config.peers.extend(peers);
+    if let Some(api) = api {
+        config.api = api;
+    }
+    let key = read_key(home)?;
+    let store = Arc::new(open_store(home)?);
+    let api_addr = config.api;
+    let node = mesh_node::start(NodeOptions {
+        config,
+        protocol: Config::default(),
+        transport: TransportKind::Tcp,
+        store,
+        key: Some(key),
+    })
+    .await?;
+    let stop_api = tokio_util::sync::CancellationToken::new();
+    let (bound, api_task) =
+        match mesh_node::api::serve(node.clone(), api_addr, stop_api.clone()).await {
+            Ok(served) => served,
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e);
+            }
+        };
+    let started = serde_json::json!({
+        "peer_id": node.peer_id().to_string(),
+        "domain": node.domain(),
+        "listen_addrs": node.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "api": bound.to_string(),
+    });
+    print(json, &started, || {
+        let mut out = format!("node {} ({})\n", node.peer_id(), node.domain());
+        for addr in node.listen_addrs() {
+            out.push_str(&format!("listening on {addr}\n"));
+        }
+        out.push_str(&format!("HTTP API on http://{bound}/v1/status"));
+        out
+    })?;
+    // Tell whoever started us (scripts, tests) that the node is ready.
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    stop_api.cancel();
+    let _ = api_task.await;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn verify(home: &Path, product: &str, json: bool) -> anyhow::Result<()> {
+    let product = parse_product(product)?;
+    let store = open_store(home)?;
+    let report = mesh_node::audit::audit(&store, &product, &Config::default())?;
+    print(json, &report, || {
+        let mut out = format!(
+            "{}: {} events, head seq {}, {} live records, {} fork proof(s)",
+            report.product, report.events, report.head_seq, report.records, report.forks
+        );
+        if report.is_clean() {
+            out.push_str("\nevery event verifies and chains; head and replica agree with the log");
+        }
+        for p in &report.problems {
+            out.push_str(&format!("\nseq {}: {}", p.seq, p.problem));
+        }
+        out
+    })?;
+    if report.events == 0 {
+        bail!("no events of {product} are stored in {}", home.display());
+    }
+    if !report.is_clean() {
+        bail!(
+            "{} problem(s) in the stored log of {product}",
+            report.problems.len()
+        );
+    }
+    Ok(())
+}
+
+fn check(file: &Path, json: bool) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let descriptor = Descriptor::from_yaml(&text, &config).map_err(|errors| {
+    let descriptor = Descriptor::from_yaml(&text, &Config::default()).map_err(|errors| {
         // One line per problem, each prefixed with the file, like a compiler.
         let lines: Vec<String> = errors
             .0
@@ -62,11 +642,17 @@ fn check(file: &PathBuf, json: bool) -> anyhow::Result<()> {
             .map(|e| format!("{}: {e}", file.display()))
             .collect();
         anyhow::anyhow!("{} problem(s)\n{}", lines.len(), lines.join("\n"))
-    })?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&descriptor)?);
-    } else {
-        println!(
+    });
+    let descriptor = match descriptor {
+        Ok(d) => d,
+        Err(e) => {
+            // The problems go one per line; keep them, unlike other errors.
+            eprintln!("meshnode: {e}");
+            std::process::exit(1);
+        }
+    };
+    print(json, &descriptor, || {
+        format!(
             "{}: ok — {} {} ({} domain), {} fields{}, {} inputs",
             file.display(),
             descriptor.name,
@@ -79,7 +665,49 @@ fn check(file: &PathBuf, json: bool) -> anyhow::Result<()> {
                 ""
             },
             descriptor.inputs.len()
-        );
+        )
+    })
+}
+
+fn status_text(s: &mesh_node::Status) -> String {
+    let mut out = format!(
+        "node {} ({}), up {}s\nlistening: {}\npeers: {}\ncatalog: {} products\n",
+        s.peer_id,
+        s.domain,
+        s.uptime_secs,
+        s.listen_addrs.join(", "),
+        s.peers.len(),
+        s.catalog_entries
+    );
+    for p in &s.products {
+        out.push_str(&format!(
+            "own product {} revision {} head seq {}\n",
+            p.product, p.revision, p.head_seq
+        ));
     }
-    Ok(())
+    for sub in &s.subscriptions {
+        out.push_str(&format!(
+            "subscribed {} held seq {} lag {} source {}\n",
+            sub.product,
+            sub.held_seq,
+            sub.lag,
+            sub.source.as_deref().unwrap_or("(none yet)")
+        ));
+    }
+    for f in &s.forks {
+        out.push_str(&format!(
+            "FORK {} at seq {}: {} vs {}\n",
+            f.product, f.seq, f.first, f.second
+        ));
+    }
+    if s.equivocations > 0 {
+        out.push_str(&format!("catalog equivocations: {}\n", s.equivocations));
+    }
+    for r in &s.recent_rejections {
+        out.push_str(&format!(
+            "rejected from {} ({}): {} — {}\n",
+            r.peer, r.product, r.reason, r.detail
+        ));
+    }
+    out.trim_end().to_owned()
 }

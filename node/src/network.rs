@@ -25,6 +25,8 @@ use crate::sync_catalog;
 
 /// Capacity of the command queue into the event loop.
 pub const COMMAND_QUEUE: usize = 1024;
+/// Most entries held back while no peer has the catalog topic; anti-entropy covers the rest.
+const UNSENT_MAX: usize = 1024;
 /// How often Kademlia looks for more peers.
 const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -55,6 +57,8 @@ pub(crate) struct EventLoop {
     topic: IdentTopic,
     /// Peers we have a connection to.
     connected: HashSet<PeerId>,
+    /// Entries published while no peer had the topic; gossiped when one subscribes.
+    unsent: Vec<Bytes>,
     bootstrapped: bool,
 }
 
@@ -70,6 +74,7 @@ impl EventLoop {
             shared,
             topic: IdentTopic::new(CATALOG_TOPIC),
             connected: HashSet::new(),
+            unsent: Vec::new(),
             bootstrapped: false,
         }
     }
@@ -96,22 +101,7 @@ impl EventLoop {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Gossip { entry } => {
-                match self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .publish(self.topic.clone(), entry)
-                {
-                    Ok(_) => {}
-                    // No peer has the topic yet: anti-entropy delivers the entry when one connects.
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                        tracing::debug!("catalog entry not gossiped: no peer subscribed yet");
-                    }
-                    Err(gossipsub::PublishError::Duplicate) => {}
-                    Err(e) => tracing::warn!("catalog gossip failed: {e}"),
-                }
-            }
+            Command::Gossip { entry } => self.gossip(entry),
             Command::Validated {
                 id,
                 source,
@@ -178,6 +168,13 @@ impl EventLoop {
                 message_id,
                 message,
             })) => self.on_gossip(propagation_source, message_id, message.data),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                ..
+            })) => {
+                for entry in std::mem::take(&mut self.unsent) {
+                    self.gossip(entry);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -213,6 +210,26 @@ impl EventLoop {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn gossip(&mut self, entry: Bytes) {
+        let published = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), entry.clone());
+        match published {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            // No peer has the topic yet (just started, or alone): keep the entry and gossip it
+            // as soon as one subscribes, rather than waiting for anti-entropy.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                tracing::debug!("catalog entry held back: no peer subscribed yet");
+                if self.unsent.len() < UNSENT_MAX {
+                    self.unsent.push(entry);
+                }
+            }
+            Err(e) => tracing::warn!("catalog gossip failed: {e}"),
         }
     }
 

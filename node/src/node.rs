@@ -19,7 +19,7 @@ use mesh_protocol::{
     CatalogEntry, Descriptor, EventId, EventRef, ForkProof, Operation, ProductId, PublicKey,
     SecretKey, VerifiedCatalogEntry, VerifiedEvent,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -353,13 +353,13 @@ impl From<AppendError> for NodeError {
 }
 
 /// One event of a log, as `events` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventView {
     pub seq: u64,
     pub id: EventId,
     pub prev: Option<EventId>,
     pub timestamp_micros: u64,
-    pub op: &'static str,
+    pub op: String,
     pub key: String,
     /// The payload as JSON when it is JSON, else as a string (lossy UTF-8).
     pub payload: serde_json::Value,
@@ -369,7 +369,7 @@ pub struct EventView {
 }
 
 /// A subscription as `status` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SubscriptionView {
     pub product: ProductId,
     pub held_seq: u64,
@@ -379,20 +379,20 @@ pub struct SubscriptionView {
 }
 
 /// A product this node owns, as `status` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OwnProductView {
     pub product: ProductId,
     pub revision: u64,
     pub head_seq: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerView {
     pub peer_id: String,
     pub address: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ForkView {
     pub product: ProductId,
     pub seq: u64,
@@ -401,7 +401,7 @@ pub struct ForkView {
 }
 
 /// What `meshnode status` prints.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     pub peer_id: String,
     pub domain: String,
@@ -620,7 +620,7 @@ impl NodeHandle {
                         id: EventId::from_bytes(*blake3::hash(&bytes).as_bytes()),
                         prev: None,
                         timestamp_micros: 0,
-                        op: "unknown",
+                        op: "unknown".into(),
                         key: String::new(),
                         payload: serde_json::Value::Null,
                         causes: vec![],
@@ -634,6 +634,15 @@ impl NodeHandle {
         }
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// Audits this node's stored log of a product, as `meshnode verify` does offline.
+    pub fn audit(&self, product: &ProductId) -> Result<crate::audit::AuditReport, NodeError> {
+        Ok(crate::audit::audit(
+            self.shared.store.as_ref(),
+            product,
+            &self.shared.protocol,
+        )?)
     }
 
     /// A record's current value in the live replica.
@@ -791,7 +800,7 @@ fn event_view(event: &VerifiedEvent, status: String) -> EventView {
         id: event.id(),
         prev: e.prev,
         timestamp_micros: e.timestamp_micros,
-        op: e.op.as_str(),
+        op: e.op.as_str().to_owned(),
         key: String::from_utf8_lossy(&e.key).into_owned(),
         payload: if e.op == Operation::Delete {
             serde_json::Value::Null

@@ -1,0 +1,360 @@
+//! The local HTTP API: JSON under `/v1`, Prometheus metrics at `/metrics`.
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /v1/status` | peers, own products, subscriptions with lag, forks, recent rejections |
+//! | `GET /v1/catalog?q=&domain=&tag=` | catalog entries (filtered by substring, domain, tag) |
+//! | `POST /v1/products` | publish: the body is a descriptor YAML file |
+//! | `GET /v1/products/{id}` | a product's catalog entry and the head this node holds |
+//! | `POST /v1/products/{id}/events` | append: `{"key": "k", "value": {...}}` or `{"key": "k", "delete": true}`, optional `"causes"` |
+//! | `GET /v1/products/{id}/events?from=&limit=` | the log, each event re-verified |
+//! | `GET /v1/products/{id}/record?key=` | a record from the live replica |
+//! | `GET /v1/subscriptions`, `POST /v1/subscriptions` `{"product": id}`, `DELETE /v1/subscriptions/{id}` | subscriptions |
+//! | `GET /v1/forks` | fork proofs held, with the proof bytes in hex |
+//!
+//! Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown) or 500. The API has no
+//! authentication: keep it on loopback (the default).
+
+use std::net::SocketAddr;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use mesh_protocol::{EventRef, Operation, ProductId, VerifiedCatalogEntry};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{NodeError, NodeHandle};
+
+/// Largest request body: a payload at its 256 KiB limit, escaped as JSON, fits.
+const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Most events one `events` request returns.
+const EVENTS_LIMIT_MAX: usize = 10_000;
+
+/// Builds the router. Used by `serve` and by tests that drive the API in-process.
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/catalog", get(catalog))
+        .route("/v1/products", post(publish))
+        .route("/v1/products/{id}", get(product))
+        .route("/v1/products/{id}/events", post(append).get(events))
+        .route("/v1/products/{id}/record", get(record))
+        .route("/v1/subscriptions", get(subscriptions).post(subscribe))
+        .route("/v1/subscriptions/{id}", delete(unsubscribe))
+        .route("/v1/forks", get(forks))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(node)
+}
+
+/// Serves the API on `addr` until `shutdown` is cancelled. Returns the bound address.
+pub async fn serve(
+    node: NodeHandle,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the API to {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let app = router(node);
+    let task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("API server: {e}");
+        }
+    });
+    tracing::info!(%bound, "HTTP API listening");
+    Ok((bound, task))
+}
+
+/// An error as the API returns it.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let code = match e {
+            NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            NodeError::NotFound(_) => StatusCode::NOT_FOUND,
+            NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+fn product_id(text: &str) -> Result<ProductId, ApiError> {
+    text.parse()
+        .map_err(|e| bad_request(format!("invalid product id {text:?}: {e}")))
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn status(State(node): State<NodeHandle>) -> ApiResult<crate::node::Status> {
+    Ok(Json(node.status()?))
+}
+
+/// A catalog entry as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct EntryView {
+    pub product: ProductId,
+    pub owner_peer: String,
+    pub revision: u64,
+    pub entry_id: String,
+    pub signed_at_micros: u64,
+    pub descriptor: mesh_protocol::Descriptor,
+}
+
+impl EntryView {
+    pub fn new(entry: &VerifiedCatalogEntry) -> Self {
+        let e = entry.entry();
+        Self {
+            product: e.product.clone(),
+            owner_peer: e.product.owner().to_string(),
+            revision: e.revision,
+            entry_id: entry.id().to_string(),
+            signed_at_micros: e.timestamp_micros,
+            descriptor: e.descriptor.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CatalogQuery {
+    q: Option<String>,
+    domain: Option<String>,
+    tag: Option<String>,
+}
+
+async fn catalog(
+    State(node): State<NodeHandle>,
+    Query(query): Query<CatalogQuery>,
+) -> ApiResult<Vec<EntryView>> {
+    let q = query.q.map(|q| q.to_lowercase());
+    let entries = node
+        .catalog()
+        .iter()
+        .filter(|e| {
+            let d = &e.entry().descriptor;
+            query
+                .domain
+                .as_ref()
+                .is_none_or(|domain| &d.domain == domain)
+                && query
+                    .tag
+                    .as_ref()
+                    .is_none_or(|tag| d.tags.contains(&tag.to_lowercase()))
+                && q.as_ref().is_none_or(|q| {
+                    d.name.as_str().contains(q.as_str())
+                        || d.description.to_lowercase().contains(q.as_str())
+                        || d.tags.iter().any(|t| t.contains(q.as_str()))
+                        || d.fields
+                            .iter()
+                            .any(|f| f.name.to_lowercase().contains(q.as_str()))
+                })
+        })
+        .map(EntryView::new)
+        .collect();
+    Ok(Json(entries))
+}
+
+async fn publish(State(node): State<NodeHandle>, body: String) -> ApiResult<EntryView> {
+    let entry = node.publish_yaml(&body).await?;
+    Ok(Json(EntryView::new(&entry)))
+}
+
+#[derive(Debug, Serialize)]
+struct ProductView {
+    #[serde(flatten)]
+    entry: EntryView,
+    head_seq: u64,
+    subscribed: bool,
+}
+
+async fn product(State(node): State<NodeHandle>, Path(id): Path<String>) -> ApiResult<ProductView> {
+    let id = product_id(&id)?;
+    let entry = node.catalog_entry(&id).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no product {id} in the catalog"),
+        )
+    })?;
+    Ok(Json(ProductView {
+        entry: EntryView::new(&entry),
+        head_seq: node.head_seq(&id),
+        subscribed: node.subscriptions()?.contains(&id),
+    }))
+}
+
+/// An append request.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBody {
+    pub key: String,
+    /// The record's new value (any JSON); absent for a delete.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    #[serde(default)]
+    pub delete: bool,
+    /// Upstream events this event was derived from.
+    #[serde(default)]
+    pub causes: Vec<EventRef>,
+}
+
+async fn append(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Json(body): Json<AppendBody>,
+) -> ApiResult<crate::hub::Receipt> {
+    let id = product_id(&id)?;
+    let (op, payload) = match (body.delete, body.value) {
+        (true, None) => (Operation::Delete, Bytes::new()),
+        (false, Some(value)) => (Operation::Upsert, Bytes::from(value.to_string())),
+        (true, Some(_)) => return Err(bad_request("a delete carries no value")),
+        (false, None) => return Err(bad_request("give a \"value\", or \"delete\": true")),
+    };
+    let receipt = node
+        .append(&id, Bytes::from(body.key), op, payload, body.causes)
+        .await?;
+    Ok(Json(receipt))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> ApiResult<Vec<crate::node::EventView>> {
+    let id = product_id(&id)?;
+    let limit = query.limit.unwrap_or(100).min(EVENTS_LIMIT_MAX);
+    Ok(Json(node.events(&id, query.from.unwrap_or(1), limit)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordQuery {
+    key: String,
+}
+
+#[derive(Debug, Serialize)]
+struct RecordView {
+    product: ProductId,
+    key: String,
+    value: serde_json::Value,
+}
+
+async fn record(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(query): Query<RecordQuery>,
+) -> ApiResult<RecordView> {
+    let id = product_id(&id)?;
+    let value = node.get(&id, query.key.as_bytes())?.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no record {:?} in the replica of {id}", query.key),
+        )
+    })?;
+    let value = serde_json::from_slice(&value).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&value).into_owned())
+    });
+    Ok(Json(RecordView {
+        product: id,
+        key: query.key,
+        value,
+    }))
+}
+
+async fn subscriptions(
+    State(node): State<NodeHandle>,
+) -> ApiResult<Vec<crate::node::SubscriptionView>> {
+    Ok(Json(node.status()?.subscriptions))
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscribeBody {
+    product: String,
+}
+
+async fn subscribe(
+    State(node): State<NodeHandle>,
+    Json(body): Json<SubscribeBody>,
+) -> ApiResult<serde_json::Value> {
+    let id = product_id(&body.product)?;
+    node.subscribe(&id).await?;
+    Ok(Json(
+        serde_json::json!({ "subscribed": id, "held_seq": node.head_seq(&id) }),
+    ))
+}
+
+async fn unsubscribe(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let id = product_id(&id)?;
+    node.unsubscribe(&id).await?;
+    Ok(Json(serde_json::json!({ "unsubscribed": id })))
+}
+
+#[derive(Debug, Serialize)]
+struct ForkProofView {
+    product: ProductId,
+    seq: u64,
+    first: String,
+    second: String,
+    /// The encoded `ForkProof`, hex: anyone can check it with the protocol alone.
+    proof_hex: String,
+}
+
+async fn forks(State(node): State<NodeHandle>) -> ApiResult<Vec<ForkProofView>> {
+    let views = node
+        .forks(None)?
+        .into_iter()
+        .map(|f| {
+            let (a, b) = f.events();
+            ForkProofView {
+                product: f.product().clone(),
+                seq: f.seq(),
+                first: a.id().to_string(),
+                second: b.id().to_string(),
+                proof_hex: hex::encode(f.encode()),
+            }
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
+    let registry = node.metrics().registry();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
