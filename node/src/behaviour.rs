@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, gossipsub, identify, kad};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad};
 
 use crate::config::NodeConfig;
 
@@ -23,14 +24,48 @@ pub const CATALOG_TOPIC: &str = "mesh/v1/catalog";
 #[allow(missing_debug_implementations)]
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub stream: libp2p_stream::Behaviour,
+    /// Local peer discovery, present only when built with the `mdns` feature and switched on.
+    pub mdns: Toggle<Mdns>,
+}
+
+/// Multicast DNS discovery (`mdns` feature).
+#[cfg(feature = "mdns")]
+pub type Mdns = libp2p::mdns::tokio::Behaviour;
+/// Without the `mdns` feature the slot holds a behaviour that does nothing, and is never on.
+#[cfg(not(feature = "mdns"))]
+pub type Mdns = libp2p::swarm::dummy::Behaviour;
+
+/// The catalog topic's peer score: relays of invalid entries lose score and, past gossipsub's
+/// thresholds, are no longer gossiped with. Delivery-rate penalties are off: the catalog is a
+/// quiet topic, and an honest peer with nothing to relay must not be punished for it.
+fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        first_message_deliveries_weight: 0.5,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let mut params = gossipsub::PeerScoreParams::default();
+    params
+        .topics
+        .insert(gossipsub::IdentTopic::new(CATALOG_TOPIC).hash(), topic);
+    (params, gossipsub::PeerScoreThresholds::default())
 }
 
 impl Behaviour {
-    pub fn new(key: &Keypair, protocol: &mesh_protocol::Config) -> anyhow::Result<Self> {
+    pub fn new(
+        key: &Keypair,
+        config: &NodeConfig,
+        protocol: &mesh_protocol::Config,
+    ) -> anyhow::Result<Self> {
         let gossip_config = gossipsub::ConfigBuilder::default()
             // Our payloads carry their own signatures: gossipsub's own signing would be checked
             // on every copy before de-duplication, doubling the CPU per message.
@@ -39,16 +74,20 @@ impl Behaviour {
             .message_id_fn(|m: &gossipsub::Message| {
                 gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
             })
-            // We check our signature after de-duplication and report the verdict, so peers
-            // that relay forgeries lose score.
+            // We check our signature after de-duplication and report the verdict; with the
+            // peer score below, peers that relay invalid entries lose score.
             .validate_messages()
             .max_transmit_size(protocol.catalog_entry_bytes_max + 1024)
             .heartbeat_interval(Duration::from_millis(700))
             .build()
             .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
-        let gossipsub =
+        let mut gossipsub =
             gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
                 .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+        let (score, thresholds) = peer_score();
+        gossipsub
+            .with_peer_score(score, thresholds)
+            .map_err(|e| anyhow::anyhow!("gossipsub peer score: {e}"))?;
 
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -64,13 +103,38 @@ impl Behaviour {
         // external address would ever be confirmed to switch it on.
         kad.set_mode(Some(kad::Mode::Server));
 
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(u32::try_from(config.peers_max).unwrap_or(u32::MAX)))
+            .with_max_established_per_peer(Some(2));
         Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
             gossipsub,
             identify,
             kad,
             stream: libp2p_stream::Behaviour::new(),
+            mdns: Toggle::from(mdns(config, peer_id)?),
         })
     }
+}
+
+#[cfg(feature = "mdns")]
+fn mdns(config: &NodeConfig, peer_id: libp2p::PeerId) -> anyhow::Result<Option<Mdns>> {
+    if !config.mdns {
+        return Ok(None);
+    }
+    let mdns = libp2p::mdns::tokio::Behaviour::new(libp2p::mdns::Config::default(), peer_id)
+        .map_err(|e| anyhow::anyhow!("mdns: {e}"))?;
+    Ok(Some(mdns))
+}
+
+#[cfg(not(feature = "mdns"))]
+fn mdns(config: &NodeConfig, _peer_id: libp2p::PeerId) -> anyhow::Result<Option<Mdns>> {
+    if config.mdns {
+        anyhow::bail!(
+            "mdns = true, but this meshnode was built without the `mdns` feature (cargo build --features mdns)"
+        );
+    }
+    Ok(None)
 }
 
 /// The swarm configuration shared by every transport.

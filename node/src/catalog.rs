@@ -104,7 +104,15 @@ impl Catalog {
                     accepted.changed.push(entry);
                 }
                 Merge::Stale { .. } | Merge::Duplicate => {}
-                Merge::Equivocation(proof) => {
+                Merge::Equivocation {
+                    proof,
+                    keep_incoming,
+                } => {
+                    if keep_incoming {
+                        to_store.push((entry.product().clone(), entry.encoded().clone()));
+                        insert(&mut inner, entry.clone());
+                        accepted.changed.push(entry);
+                    }
                     self.metrics.catalog_equivocations.inc();
                     tracing::warn!(
                         peer, product = %proof.product().short(), revision = proof.revision(),

@@ -37,7 +37,7 @@ pub struct NodeConfig {
     /// Wait before retrying a subscription whose source failed. Doubles up to 30 s. Default 500 ms.
     #[serde(with = "humantime_serde")]
     pub subscription_retry: Duration,
-    /// Most connected peers. Default 64.
+    /// Most established connections (at most two per peer); further ones are refused. Default 64.
     pub peers_max: usize,
     /// Most log streams this node serves at once. Default 256.
     pub served_streams_max: usize,
@@ -111,7 +111,7 @@ catalog_sync_interval = "{sync}"
 # First wait before retrying a failed subscription source (doubles up to 30s).
 subscription_retry = "{retry}"
 
-# Most connected peers; most log streams served at once; most events per group commit.
+# Most connections; most log streams served at once; most events per group commit.
 peers_max = {peers_max}
 served_streams_max = {served}
 commit_batch_max = {batch}

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -127,13 +127,15 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
     };
     let head_seq = shared.hub.head(&product).map_or(0, |h| h.seq());
     if let Some(r) = refused {
-        shared.metrics.reject_stream(r.as_str());
+        shared.metrics.reject_stream(r.kind());
         tracing::info!(peer = %short(&peer), product = %product.short(), "subscription refused: {}", r.as_str());
         let response = SubscribeResponse {
             refusal: Some(r),
             head_seq: 0,
         };
         codec::send_frame(&mut writer, &response.encode()).await?;
+        // Close our side cleanly (not a reset), so the subscriber reads the refusal.
+        writer.close().await?;
         return Ok(());
     }
     // Listen for live events before reading the store, so none falls between the two.
@@ -170,9 +172,17 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
     let mut next = backfill(shared, &product, request.from_seq, &mut writer).await?;
 
     // The subscriber sends nothing after its request: a read that ends means it left.
+    // A clean end of its side (it may half-close after the request, as js-libp2p pipes do)
+    // still means it listens; an error (reset, connection gone) means it left.
     let mut gone = Box::pin(async move {
         let mut byte = [0u8; 1];
-        let _ = reader.read(&mut byte).await;
+        loop {
+            match reader.read(&mut byte).await {
+                Ok(0) => std::future::pending::<()>().await,
+                Ok(_) => {} // nothing is expected after the request; ignore it
+                Err(_) => return,
+            }
+        }
     });
     let shutdown = shared.shutdown.clone();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -200,8 +210,10 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
                         if let Some(last) = events.last() {
                             next = next.max(last.seq() + 1);
                         }
-                        send_events(shared, fresh, &mut writer).await?;
-                        heartbeat.reset();
+                        if !fresh.is_empty() {
+                            send_events(shared, fresh, &mut writer).await?;
+                            heartbeat.reset();
+                        }
                     }
                     Ok(Live::Fork(proof)) => {
                         write_frame(&mut writer, &LogFrame { events: vec![], fork: Some(proof) }).await?;
@@ -302,7 +314,11 @@ pub async fn follow(
 ) {
     let mut retry = shared.config.subscription_retry;
     let mut peer_joined = shared.peer_joined.subscribe();
-    loop {
+    let owner = owner_peer(&product);
+    // When the owner last refused us: while that is recent, a fallback source is not left for
+    // the owner (it would refuse again, e.g. when busy).
+    let mut owner_refused: Option<Instant> = None;
+    'rounds: loop {
         peer_joined.mark_unchanged();
         let mut progressed = false;
         for peer in sources(&shared, &product) {
@@ -310,13 +326,22 @@ pub async fn follow(
                 return;
             }
             let before = shared.hub.head(&product).map_or(0, |h| h.seq());
+            let recheck_owner = owner_refused.is_none_or(|at| at.elapsed() > OWNER_REFUSAL_MEMORY);
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
-                r = follow_from(&shared, &product, peer) => r,
+                r = follow_from(&shared, &product, peer, recheck_owner) => r,
             };
             let after = shared.hub.head(&product).map_or(0, |h| h.seq());
             progressed |= after > before;
+            if Some(peer) == owner && matches!(result, Err(StreamError::Refused(_))) {
+                owner_refused = Some(Instant::now());
+            }
             match result {
+                Err(StreamError::SwitchToOwner) => {
+                    // Start a new round at once: the owner comes first.
+                    tracing::info!(product = %product.short(), "owner reachable: switching back to it");
+                    continue 'rounds;
+                }
                 Ok(()) => {
                     tracing::debug!(peer = %short(&peer), product = %product.short(), "source closed the stream")
                 }
@@ -341,6 +366,8 @@ pub async fn follow(
     }
 }
 
+/// After the owner refused a subscription, how long a fallback source is kept regardless.
+const OWNER_REFUSAL_MEMORY: Duration = Duration::from_secs(30);
 /// While following another subscriber, how often to look whether the owner is reachable.
 const OWNER_RECHECK: Duration = Duration::from_secs(2);
 
@@ -376,6 +403,7 @@ async fn follow_from(
     shared: &Arc<Shared>,
     product: &ProductId,
     peer: PeerId,
+    recheck_owner: bool,
 ) -> Result<(), StreamError> {
     let config = shared.protocol.clone();
     let mut control = shared.control.clone();
@@ -404,7 +432,7 @@ async fn follow_from(
     // Following another subscriber is a fallback: when the owner is reachable again, go back
     // to it. Otherwise subscribers that fell back to each other could keep following each
     // other and never see the owner's new events.
-    let owner = owner_peer(product).filter(|o| *o != peer);
+    let owner = owner_peer(product).filter(|o| *o != peer && recheck_owner);
     let mut peer_joined = shared.peer_joined.subscribe();
     let mut owner_check = tokio::time::interval(OWNER_RECHECK);
     owner_check.reset();
@@ -436,7 +464,6 @@ async fn follow_from(
             Next::Frame(None) => return Ok(()),
             Next::LookForOwner => {
                 if owner.is_some_and(|o| shared.connected_peers().contains(&o)) {
-                    tracing::info!(product = %product.short(), "owner reachable: switching back to it");
                     return Err(StreamError::SwitchToOwner);
                 }
                 continue;

@@ -189,6 +189,16 @@ impl EventLoop {
                     }
                 }
             }
+            #[cfg(feature = "mdns")]
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                for (peer, address) in found {
+                    self.swarm.add_peer_address(peer, address.clone());
+                    self.swarm.behaviour_mut().kad.add_address(&peer, address);
+                    if !self.connected.contains(&peer) {
+                        let _ = self.swarm.dial(peer);
+                    }
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer,
                 addresses,
@@ -246,7 +256,9 @@ impl EventLoop {
                     MessageAcceptance::Ignore
                 }
             };
-            let _ = shared.commands.try_send(Command::Validated {
+            // A blocking task may wait for room: the verdict must not be lost, or gossipsub
+            // would hold the message until its validation times out.
+            let _ = shared.commands.blocking_send(Command::Validated {
                 id,
                 source,
                 acceptance,
@@ -286,9 +298,11 @@ pub fn split_peer(address: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
 }
 
 fn is_dialable(address: &Multiaddr) -> bool {
-    !address
-        .iter()
-        .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
+    !address.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
 }
 
 fn dial_error(e: &DialError) -> String {

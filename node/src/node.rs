@@ -292,7 +292,7 @@ fn build_swarm(
     protocol: &mesh_protocol::Config,
 ) -> anyhow::Result<libp2p::Swarm<Behaviour>> {
     let behaviour = |key: &libp2p::identity::Keypair| {
-        Behaviour::new(key, protocol)
+        Behaviour::new(key, config, protocol)
             .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
     };
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
@@ -643,6 +643,15 @@ impl NodeHandle {
             product,
             &self.shared.protocol,
         )?)
+    }
+
+    /// Events of a product as this node commits them (appended or received), from now on:
+    /// for applications that react to changes, and for measuring delivery latency.
+    pub fn watch(
+        &self,
+        product: &ProductId,
+    ) -> Result<tokio::sync::broadcast::Receiver<crate::hub::Live>, NodeError> {
+        Ok(self.shared.hub.subscribe_live(product)?)
     }
 
     /// A record's current value in the live replica.

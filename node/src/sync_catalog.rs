@@ -1,7 +1,7 @@
 //! Catalog anti-entropy over `/mesh/catalog-sync/1`.
 //!
 //! The asker sends `Digest`, gets the other side's bucket hashes, and for each bucket that
-//! differs sends what it holds there and receives what it lacks, page by page. Two round trips
+//! differs sends what it holds there and receives what it lacks, page by page. One round trip
 //! when catalogs are equal, whatever their size. Every node asks a random peer on a timer and
 //! every new peer at once, so a node that joined late, restarted or was partitioned converges
 //! without anyone publishing again.

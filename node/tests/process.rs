@@ -189,10 +189,12 @@ fn two_processes_publish_subscribe_and_replicate_through_the_cli() {
         let (code, stdout, _) = meshnode(&["get", "--api", &billing.api, &product, "--key", "o-1"]);
         code == 0 && stdout.trim() == r#"{"total":12}"#
     });
-    eventually("the delete is applied", || {
-        let (code, _, stderr) = meshnode(&["get", "--api", &billing.api, &product, "--key", "o-2"]);
-        code == 1 && stderr.contains("no record")
+    eventually("billing holds all three events", || {
+        json(&ok(&["status", "--api", &billing.api, "--json"]))["subscriptions"][0]["held_seq"] == 3
     });
+    let (code, _, stderr) = meshnode(&["get", "--api", &billing.api, &product, "--key", "o-2"]);
+    assert_eq!(code, 1, "o-2 was deleted");
+    assert!(stderr.contains("no record"), "{stderr}");
     let events = json(&ok(&["events", "--api", &billing.api, &product, "--json"]));
     let statuses: Vec<&str> = events
         .as_array()

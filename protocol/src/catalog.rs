@@ -3,8 +3,9 @@
 //! Every node holds the whole catalog and merges the entries it receives with one rule
 //! ([`merge`]): a higher revision replaces a lower one; an equal revision with the same id is a
 //! duplicate; an equal revision with a different id means the owner signed two versions of one
-//! revision, which is kept as an [`EquivocationProof`]. The rule is commutative and idempotent,
-//! so nodes that saw the same entries, in any order, hold the same catalog.
+//! revision: the proof is kept as an [`EquivocationProof`], and of the two entries the one with
+//! the smaller id is kept. With that tie-break the rule is commutative and idempotent, so nodes
+//! that saw the same entries, in any order, hold the same catalog — even when its owner lied.
 
 use std::fmt;
 use std::time::Duration;
@@ -27,6 +28,10 @@ use crate::wire::{self, pb};
 pub struct EntryId([u8; 32]);
 
 impl EntryId {
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -235,8 +240,13 @@ pub enum Merge {
     Stale { current_revision: u64 },
     /// The same entry is stored already.
     Duplicate,
-    /// The owner signed two different entries with the same revision.
-    Equivocation(Box<EquivocationProof>),
+    /// The owner signed two different entries with the same revision. Keep the proof, and
+    /// keep the incoming entry instead of the stored one if `keep_incoming` (its id is the
+    /// smaller), so that every node settles on the same entry.
+    Equivocation {
+        proof: Box<EquivocationProof>,
+        keep_incoming: bool,
+    },
 }
 
 /// The catalog's merge rule. `current` is the stored entry of the same product, if any.
@@ -259,7 +269,10 @@ pub fn merge(current: Option<&VerifiedCatalogEntry>, incoming: &VerifiedCatalogE
         std::cmp::Ordering::Equal if current.id() == incoming.id() => Merge::Duplicate,
         std::cmp::Ordering::Equal => {
             match EquivocationProof::new(current.clone(), incoming.clone()) {
-                Ok(proof) => Merge::Equivocation(Box::new(proof)),
+                Ok(proof) => Merge::Equivocation {
+                    proof: Box::new(proof),
+                    keep_incoming: incoming.id() < current.id(),
+                },
                 // Unreachable given the checks above; treat as a duplicate rather than panic.
                 Err(_) => Merge::Duplicate,
             }

@@ -1,12 +1,13 @@
 //! The node-to-node messages, checked on decode, and the catalog summary behind anti-entropy.
 //!
-//! Catalog anti-entropy compares catalogs in two round trips whatever their size. Each side
+//! Catalog anti-entropy compares equal catalogs in one round trip whatever their size. Each side
 //! keeps a [`CatalogSummary`]: products are spread over [`CATALOG_BUCKETS`] buckets by the first
 //! byte of their digest, and each bucket has a hash, the XOR of `blake3(entry id)` over its
 //! entries, updated in O(1) as entries arrive. The asker fetches the other side's bucket hashes,
-//! and for each bucket that differs sends what it holds there; the answer is every entry the
-//! other side holds at a higher revision, or that the asker lacks. Both sides ask each other in
-//! turn, so both converge.
+//! and for each bucket that differs sends what it holds there; the answer is every entry of the
+//! other side that wins under the merge rule (the asker lacks it, holds a lower revision, or
+//! holds the same revision with a larger id). Both sides ask each other in turn, so both
+//! converge, equivocations included.
 
 use std::collections::HashMap;
 
@@ -100,29 +101,38 @@ impl CatalogSummary {
         self.versions
             .iter()
             .filter(|(p, _)| bucket_of(p) as u64 == u64::from(bucket))
-            .map(|(p, (revision, _))| CatalogVersion {
+            .map(|(p, (revision, entry))| CatalogVersion {
                 product: *p,
                 revision: *revision,
+                entry: *entry,
             })
             .collect()
     }
 
-    /// Products in `bucket` that this side holds at a higher revision than `have` says, or
-    /// that `have` lacks: what to send in answer to a bucket request.
+    /// Products in `bucket` whose entry here wins over what `have` says the asker holds: it
+    /// lacks the product, holds a lower revision, or holds the same revision with a larger
+    /// entry id (the merge rule's tie-break). What to send in answer to a bucket request.
     pub fn newer_than(&self, bucket: u32, have: &[CatalogVersion]) -> Vec<ProductDigest> {
-        let theirs: HashMap<&ProductDigest, u64> =
-            have.iter().map(|v| (&v.product, v.revision)).collect();
+        let theirs: HashMap<&ProductDigest, (u64, EntryId)> = have
+            .iter()
+            .map(|v| (&v.product, (v.revision, v.entry)))
+            .collect();
         let mut newer: Vec<(ProductDigest, u64)> = self
             .versions
             .iter()
             .filter(|(p, _)| bucket_of(p) as u64 == u64::from(bucket))
-            .filter(|(p, (revision, _))| theirs.get(p).is_none_or(|r| revision > r))
+            .filter(|(p, ours)| theirs.get(p).is_none_or(|theirs| wins(**ours, *theirs)))
             .map(|(p, (revision, _))| (*p, *revision))
             .collect();
         // A stable order, so that paging through `more` responses makes progress.
         newer.sort_unstable();
         newer.into_iter().map(|(p, _)| p).collect()
     }
+}
+
+/// Whether entry `a` (revision, id) replaces entry `b` under the catalog's merge rule.
+fn wins(a: (u64, EntryId), b: (u64, EntryId)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
 /// One bucket hash per bucket.
@@ -157,11 +167,12 @@ impl CatalogDigest {
     }
 }
 
-/// A product and the revision of its entry that one side holds.
+/// A product, and the revision and id of its entry that one side holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CatalogVersion {
     pub product: ProductDigest,
     pub revision: u64,
+    pub entry: EntryId,
 }
 
 /// A request of the catalog sync protocol.
@@ -188,6 +199,7 @@ impl CatalogSyncRequest {
                         .map(|v| pb::CatalogVersion {
                             product: Bytes::copy_from_slice(&v.product),
                             revision: v.revision,
+                            entry: Bytes::copy_from_slice(v.entry.as_bytes()),
                         })
                         .collect(),
                 })
@@ -228,6 +240,7 @@ impl CatalogSyncRequest {
                         Ok(CatalogVersion {
                             product: wire::digest(&v.product, "have.product")?,
                             revision: v.revision,
+                            entry: EntryId::from_bytes(wire::digest(&v.entry, "have.entry")?),
                         })
                     })
                     .collect::<Result<_, DecodeError>>()?;
@@ -323,6 +336,17 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::UnknownProduct => "unknown_product",
+            Refusal::NotHeld => "not_held",
+            Refusal::AccessDenied => "access_denied",
+            Refusal::Busy => "busy",
+        }
+    }
+
+    /// Words for messages.
     pub fn as_str(&self) -> &'static str {
         match self {
             Refusal::UnknownProduct => "unknown product",
@@ -484,6 +508,38 @@ mod tests {
     }
 
     #[test]
+    fn an_equivocation_settles_on_the_smaller_id_through_sync() {
+        let key = SecretKey::from_bytes(&[9; 32]);
+        let config = Config::default();
+        let sign = |description: &str| {
+            CatalogEntry {
+                product: ProductId::new(key.public(), ProductName::new("p").unwrap()),
+                revision: 2,
+                timestamp_micros: 0,
+                descriptor: Descriptor::from_yaml(
+                    &YAML.replace("NAME", "p").replace("x", description),
+                    &config,
+                )
+                .unwrap(),
+            }
+            .sign(&key, &config)
+            .unwrap()
+        };
+        let (one, two) = (sign("one"), sign("two"));
+        let (small, large) = if one.id() < two.id() {
+            (one, two)
+        } else {
+            (two, one)
+        };
+        let (mut a, mut b) = (CatalogSummary::new(), CatalogSummary::new());
+        a.insert(&large);
+        b.insert(&small);
+        // The holder of the larger id pulls the smaller one; the other side pulls nothing.
+        assert_eq!(pull(&a, &b), vec![small.product().digest()]);
+        assert!(pull(&b, &a).is_empty());
+    }
+
+    #[test]
     fn messages_round_trip() {
         let config = Config::default();
         let key = SecretKey::from_bytes(&[1; 32]);
@@ -513,6 +569,7 @@ mod tests {
             have: vec![CatalogVersion {
                 product: [3; 32],
                 revision: 2,
+                entry: EntryId::from_bytes([4; 32]),
             }],
         };
         assert_eq!(

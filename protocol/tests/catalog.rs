@@ -60,7 +60,7 @@ fn merge_order_does_not_change_the_outcome() {
             match merge(held.as_ref(), &entries[i]) {
                 Merge::New | Merge::Newer { .. } => held = Some(entries[i].clone()),
                 Merge::Stale { .. } | Merge::Duplicate => {}
-                Merge::Equivocation(p) => panic!("unexpected equivocation {p:?}"),
+                Merge::Equivocation { proof, .. } => panic!("unexpected equivocation {proof:?}"),
             }
         }
         assert_eq!(held.unwrap().revision(), 4, "order {order:?}");
@@ -74,9 +74,14 @@ fn equal_revision_with_different_content_is_an_equivocation_proof() {
         entry(&owner, 3, "one story"),
         entry(&owner, 3, "another story"),
     );
-    let Merge::Equivocation(proof) = merge(Some(&a), &b) else {
+    let Merge::Equivocation {
+        proof,
+        keep_incoming,
+    } = merge(Some(&a), &b)
+    else {
         panic!("expected an equivocation");
     };
+    assert_eq!(keep_incoming, b.id() < a.id(), "the smaller id wins");
     assert_eq!(
         (proof.product(), proof.revision()),
         (&product(&owner, "orders"), 3)
@@ -104,6 +109,50 @@ fn equal_revision_with_different_content_is_an_equivocation_proof() {
             second: 4
         })
     ));
+}
+
+#[test]
+fn catalogs_converge_even_when_the_owner_equivocates() {
+    let owner = key(1);
+    // Two entries at revision 2 with different content, plus revisions 1 and 3.
+    let entries = [
+        entry(&owner, 1, "v1"),
+        entry(&owner, 2, "one story"),
+        entry(&owner, 2, "another story"),
+        entry(&owner, 3, "v3"),
+    ];
+    let apply = |order: &[usize], upto_revision: u64| {
+        let mut held: Option<VerifiedCatalogEntry> = None;
+        let mut proofs = 0;
+        for &i in order {
+            if entries[i].revision() > upto_revision {
+                continue;
+            }
+            match merge(held.as_ref(), &entries[i]) {
+                Merge::New | Merge::Newer { .. } => held = Some(entries[i].clone()),
+                Merge::Equivocation { keep_incoming, .. } => {
+                    proofs += 1;
+                    if keep_incoming {
+                        held = Some(entries[i].clone());
+                    }
+                }
+                Merge::Stale { .. } | Merge::Duplicate => {}
+            }
+        }
+        (held.unwrap().id(), proofs)
+    };
+    // Without revision 3, every order settles on the same revision-2 entry and sees the proof.
+    let orders: [[usize; 4]; 4] = [[0, 1, 2, 3], [0, 2, 1, 3], [2, 1, 0, 3], [1, 0, 2, 3]];
+    let results: Vec<_> = orders.iter().map(|o| apply(o, 2)).collect();
+    let smaller = entries[1].id().min(entries[2].id());
+    assert!(
+        results
+            .iter()
+            .all(|(id, proofs)| *id == smaller && *proofs == 1),
+        "{results:?}"
+    );
+    // With revision 3, everyone holds revision 3 whatever the order.
+    assert!(orders.iter().all(|o| apply(o, 3).0 == entries[3].id()));
 }
 
 #[test]
