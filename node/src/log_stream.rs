@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use mesh_protocol::sync::{LogFrame, Refusal, SubscribeRequest, SubscribeResponse};
 use mesh_protocol::{ForkProof, ProductId, PublicKey};
@@ -69,24 +69,11 @@ pub enum StreamError {
 // ---- serving ---------------------------------------------------------------------------------
 
 /// Accepts subscriptions from peers and serves each in its own task.
-pub async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
-    let shutdown = shared.shutdown.clone();
-    loop {
-        let (peer, stream) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        let task_shared = shared.clone();
-        shared.spawn(async move {
-            let result = serve_one(&task_shared, peer, stream).await;
-            if let Err(e) = result {
-                tracing::debug!(peer = %short(&peer), "log stream ended: {e}");
-            }
-        });
-    }
+pub async fn serve(shared: Arc<Shared>, incoming: libp2p_stream::IncomingStreams) {
+    crate::node::accept_streams(shared, incoming, "log", |shared, peer, stream| async move {
+        serve_one(&shared, peer, stream).await
+    })
+    .await;
 }
 
 /// Whether this node may serve `product`'s log to `peer`, and whether it can.

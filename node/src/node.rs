@@ -158,6 +158,36 @@ impl Shared {
     }
 }
 
+/// Accepts streams of one protocol until shutdown, serving each in its own task.
+pub(crate) async fn accept_streams<F, Fut, E>(
+    shared: Arc<Shared>,
+    mut incoming: libp2p_stream::IncomingStreams,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(Arc<Shared>, PeerId, libp2p::Stream) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    let shutdown = shared.shutdown.clone();
+    loop {
+        let (peer, stream) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let served = serve(shared.clone(), peer, stream);
+        shared.spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(peer = %crate::network::short(&peer), "{what} stream ended: {e}");
+            }
+        });
+    }
+}
+
 /// A running node. Cheap to clone; every clone drives the same node.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {

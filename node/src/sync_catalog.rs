@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use libp2p::{PeerId, Stream};
 use mesh_protocol::sync::{BucketResponse, CatalogDigest, CatalogSyncRequest};
 
@@ -111,23 +110,14 @@ async fn read(stream: &mut Stream, max: usize) -> Result<bytes::Bytes, SyncError
 }
 
 /// Answers sync requests from peers.
-pub async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
-    let shutdown = shared.shutdown.clone();
-    loop {
-        let (peer, stream) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        let task_shared = shared.clone();
-        shared.spawn(async move {
-            if let Err(e) = serve_one(&task_shared, stream).await {
-                tracing::debug!(peer = %short(&peer), "catalog sync stream ended: {e}");
-            }
-        });
-    }
+pub async fn serve(shared: Arc<Shared>, incoming: libp2p_stream::IncomingStreams) {
+    crate::node::accept_streams(
+        shared,
+        incoming,
+        "catalog sync",
+        |shared, _peer, stream| async move { serve_one(&shared, stream).await },
+    )
+    .await;
 }
 
 async fn serve_one(shared: &Arc<Shared>, mut stream: Stream) -> Result<(), SyncError> {
