@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use mesh_protocol::{Config, LogHead, Operation, ProductId, VerifiedEvent};
+use mesh_protocol::{
+    Config, LogHead, Operation, ProductId, RejectReason, SignedEvent, VerifiedEvent, verify_batch,
+};
 use serde::Serialize;
 
 use crate::store::{Store, StoreError};
@@ -53,9 +55,34 @@ pub fn audit(
         if page.is_empty() {
             break;
         }
+        // Decode the page, then verify it as one batch (as ingest does).
+        let mut checked: Vec<Result<VerifiedEvent, RejectReason>> = Vec::with_capacity(page.len());
+        let mut decoded = Vec::with_capacity(page.len());
+        let mut slots = Vec::with_capacity(page.len());
         for bytes in page {
+            match SignedEvent::decode(bytes, config) {
+                Ok(e) => {
+                    slots.push(Some(checked.len()));
+                    checked.push(Err(RejectReason::Verify(
+                        mesh_protocol::VerifyError::BadSignature,
+                    )));
+                    decoded.push(e);
+                }
+                Err(e) => {
+                    slots.push(None);
+                    checked.push(Err(e.into()));
+                }
+            }
+        }
+        let mut verified = verify_batch(decoded).into_iter();
+        for slot in slots.into_iter().flatten() {
+            if let Some(result) = verified.next() {
+                checked[slot] = result.map_err(RejectReason::from);
+            }
+        }
+        for result in checked {
             position += 1;
-            let event = match VerifiedEvent::decode_and_verify(bytes, config) {
+            let event = match result {
                 Ok(e) => e,
                 Err(e) => {
                     problems.push(Problem {

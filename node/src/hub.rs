@@ -17,8 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use mesh_protocol::{
-    Config, EventId, EventRef, ForkProof, LogHead, Operation, ProductId, RejectReason, SecretKey,
-    SignedEvent, VerifiedEvent, verify_batch,
+    Config, EventId, EventRef, ForkProof, LogHead, Operation, PreparedEvent, ProductId,
+    RejectReason, SecretKey, SignedEvent, VerifiedEvent, verify_batch,
 };
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
@@ -181,29 +181,28 @@ impl LogHub {
         };
         let mut head = lock(&slot.head);
         let mut tentative = head.clone();
-        let mut events = Vec::with_capacity(requests.len());
+        let mut prepared = Vec::with_capacity(requests.len());
         let mut replies = Vec::with_capacity(requests.len());
         let now = now_micros();
+        // Build and hash the chain in order: each event needs the id of the one before, but
+        // not its signature. Then sign the run on every core.
         for r in requests {
-            let signed = tentative
-                .next_event(now, r.op, r.key, r.payload, r.causes)
-                .sign(key, &self.config);
-            match signed {
-                Ok(event) => {
-                    // `next_event` built it from this head, so it extends it.
-                    if tentative.advance(&event).is_ok() {
-                        events.push(event);
-                        replies.push(r.reply);
-                    }
+            let event = tentative.next_event(now, r.op, r.key, r.payload, r.causes);
+            match event.prepare(key, &self.config) {
+                Ok(p) => {
+                    tentative = LogHead::resume(product.clone(), p.event().seq, p.id());
+                    prepared.push(p);
+                    replies.push(r.reply);
                 }
                 Err(e) => {
                     let _ = r.reply.send(Err(AppendError::Invalid(e.to_string())));
                 }
             }
         }
-        if events.is_empty() {
+        if prepared.is_empty() {
             return;
         }
+        let events = sign_all(prepared, key);
         if let Err(e) = self.store.log_append(product, &events) {
             tracing::error!(product = %product.short(), "append failed: {e}");
             for reply in replies {
@@ -387,6 +386,42 @@ impl LogHub {
     pub fn config(&self) -> &Arc<Config> {
         &self.config
     }
+}
+
+/// Below this many events a group is signed on the commit thread alone.
+const PARALLEL_SIGN_MIN: usize = 32;
+
+/// Signs prepared events, splitting a large run across the machine's cores. Order is kept.
+fn sign_all(prepared: Vec<PreparedEvent>, key: &SecretKey) -> Vec<VerifiedEvent> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    if prepared.len() < PARALLEL_SIGN_MIN || threads == 1 {
+        return prepared.into_iter().map(|p| p.sign(key)).collect();
+    }
+    let chunk = prepared.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<PreparedEvent>> = Vec::with_capacity(threads);
+    let mut rest = prepared;
+    while rest.len() > chunk {
+        let tail = rest.split_off(chunk);
+        chunks.push(rest);
+        rest = tail;
+    }
+    chunks.push(rest);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| scope.spawn(move || c.into_iter().map(|p| p.sign(key)).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            // A signing thread panics only if the signer itself does; propagate it.
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 /// The group-commit thread for appends. Requests queue in a bounded channel; the thread takes

@@ -35,3 +35,30 @@ async fn publish_subscribe_replicate_over_tcp() {
     sales.shutdown().await;
     billing.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_make_one_contiguous_verified_log() {
+    let sales = node("sales", TransportKind::Memory, vec![]).await;
+    let orders = publish(&sales, "orders").await;
+    // Enough concurrent appends that groups are signed on several threads.
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let (sales, orders) = (sales.clone(), orders.clone());
+            tokio::spawn(async move { upsert(&sales, &orders, &format!("k{i}"), "{}").await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=500).collect::<Vec<_>>(),
+        "every append got its own seq"
+    );
+    let audit = sales.audit(&orders).unwrap();
+    assert!(audit.is_clean(), "{:?}", audit.problems);
+    assert_eq!((audit.events, audit.records), (500, 500));
+    sales.shutdown().await;
+}

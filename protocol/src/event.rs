@@ -111,6 +111,13 @@ impl Event {
     /// Encodes and signs the event. Fails when `key` does not own the product or when the event
     /// breaks a limit of `config`: a producer never creates an event its peers would reject.
     pub fn sign(self, key: &SecretKey, config: &Config) -> Result<VerifiedEvent, BuildError> {
+        Ok(self.prepare(key, config)?.sign(key))
+    }
+
+    /// Encodes and hashes the event, checking everything [`Event::sign`] checks, but does not
+    /// sign it yet. The id is known from here on, so a producer can build the next event of
+    /// the chain before this one is signed, and sign a run of events in parallel.
+    pub fn prepare(self, key: &SecretKey, config: &Config) -> Result<PreparedEvent, BuildError> {
         if &key.public() != self.product.owner() {
             return Err(BuildError::NotOwner {
                 product: self.product.to_string(),
@@ -119,21 +126,23 @@ impl Event {
         }
         self.check(config)?;
         let body = Bytes::from(self.to_pb().encode_to_vec());
-        let envelope = Envelope::sign(body, key, EVENT_SIGNING_CONTEXT);
-        let encoded = encode_envelope(&envelope);
-        if encoded.len() > config.event_bytes_max {
+        // The envelope adds the signer (34 bytes with its tag), the signature (66) and the
+        // body's own tag and length (at most 6).
+        let encoded_len = body.len() + 34 + 66 + 6;
+        if encoded_len > config.event_bytes_max {
             return Err(DecodeError::Oversized {
                 what: "event",
-                len: encoded.len(),
+                len: encoded_len,
                 max: config.event_bytes_max,
             }
             .into());
         }
-        Ok(VerifiedEvent(SignedEvent {
-            envelope,
+        let id = *blake3::hash(&body).as_bytes();
+        Ok(PreparedEvent {
             event: self,
-            encoded,
-        }))
+            body,
+            id,
+        })
     }
 
     /// The checks a decoded body gets, other than those its types already guarantee.
@@ -265,6 +274,47 @@ impl Event {
         };
         event.check(config)?;
         Ok(event)
+    }
+}
+
+/// An event encoded and hashed, checked, and ready to be signed by its product's owner.
+#[derive(Clone, Debug)]
+pub struct PreparedEvent {
+    event: Event,
+    body: Bytes,
+    id: [u8; 32],
+}
+
+impl PreparedEvent {
+    pub fn id(&self) -> EventId {
+        EventId(self.id)
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// Signs the event. `key` must be the key it was prepared with (the product's owner): a
+    /// different key yields an event that fails verification everywhere, so it is checked.
+    pub fn sign(self, key: &SecretKey) -> VerifiedEvent {
+        debug_assert_eq!(
+            &key.public(),
+            self.event.product.owner(),
+            "signed with another key than prepared"
+        );
+        let signature = key.sign_digest(EVENT_SIGNING_CONTEXT, &self.id);
+        let envelope = Envelope {
+            body: self.body,
+            id: self.id,
+            signer: key.public(),
+            signature,
+        };
+        let encoded = encode_envelope(&envelope);
+        VerifiedEvent(SignedEvent {
+            envelope,
+            event: self.event,
+            encoded,
+        })
     }
 }
 

@@ -69,7 +69,9 @@ pub use descriptor::{
 pub use error::{
     BuildError, ChainError, DecodeError, IdError, ProofError, RejectReason, VerifyError,
 };
-pub use event::{Event, EventId, EventRef, Operation, SignedEvent, VerifiedEvent, verify_batch};
+pub use event::{
+    Event, EventId, EventRef, Operation, PreparedEvent, SignedEvent, VerifiedEvent, verify_batch,
+};
 pub use identity::{ProductId, ProductName, PublicKey, SecretKey};
 pub use signed::{CATALOG_SIGNING_CONTEXT, EVENT_SIGNING_CONTEXT};
 pub use sync::CatalogSummary;
