@@ -26,7 +26,27 @@ struct Inner {
     summary: CatalogSummary,
     entries: BTreeMap<ProductId, VerifiedCatalogEntry>,
     by_digest: HashMap<ProductDigest, ProductId>,
+    /// Products per owner key, for the per-owner quota.
+    per_owner: HashMap<mesh_protocol::PublicKey, usize>,
     equivocations: Vec<EquivocationProof>,
+}
+
+impl Inner {
+    /// Why a new product may not enter the catalog, if it may not.
+    fn refuse_new(&self, product: &ProductId, config: &Config) -> Option<&'static str> {
+        if self.entries.contains_key(product) {
+            return None;
+        }
+        if self.entries.len() >= config.catalog_entries_max {
+            return Some("catalog_full");
+        }
+        if self.per_owner.get(product.owner()).copied().unwrap_or(0)
+            >= config.products_per_owner_max
+        {
+            return Some("owner_quota");
+        }
+        None
+    }
 }
 
 pub struct Catalog {
@@ -97,6 +117,11 @@ impl Catalog {
         let mut inner = self.inner();
         let mut to_store = Vec::new();
         for entry in verified {
+            if let Some(reason) = inner.refuse_new(entry.product(), &self.config) {
+                self.metrics.reject_entry(reason);
+                tracing::warn!(peer, product = %entry.product().short(), reason, "catalog entry refused");
+                continue;
+            }
             match merge(inner.entries.get(entry.product()), &entry) {
                 Merge::New | Merge::Newer { .. } => {
                     to_store.push((entry.product().clone(), entry.encoded().clone()));
@@ -221,6 +246,9 @@ impl Catalog {
 }
 
 fn insert(inner: &mut Inner, entry: VerifiedCatalogEntry) {
+    if !inner.entries.contains_key(entry.product()) {
+        *inner.per_owner.entry(*entry.product().owner()).or_default() += 1;
+    }
     inner.summary.insert(&entry);
     inner
         .by_digest
@@ -237,4 +265,75 @@ fn rebuild(store: &Arc<dyn Store>, config: &Config) -> Result<Inner, StoreError>
         }
     }
     Ok(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use mesh_protocol::{CatalogEntry, Descriptor, ProductName, SecretKey};
+
+    fn entry(owner: &SecretKey, name: &str, revision: u64) -> Bytes {
+        let config = Config::default();
+        let yaml = format!(
+            "name: {name}\ndomain: d\nowner: o\ndescription: x\nversion: 1.0.0\nschema:\n  fields:\n    - name: id\n      type: string\n"
+        );
+        CatalogEntry {
+            product: ProductId::new(owner.public(), ProductName::new(name).unwrap()),
+            revision,
+            timestamp_micros: 0,
+            descriptor: Descriptor::from_yaml(&yaml, &config).unwrap(),
+        }
+        .sign(owner, &config)
+        .unwrap()
+        .encoded()
+        .clone()
+    }
+
+    #[test]
+    fn the_catalog_is_bounded_per_owner_and_in_total_but_updates_always_pass() {
+        let config = Config {
+            products_per_owner_max: 2,
+            catalog_entries_max: 3,
+            ..Config::default()
+        };
+        let catalog = Catalog::load(
+            Arc::new(MemoryStore::new()),
+            Arc::new(config),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let (alice, bob) = (
+            SecretKey::from_bytes(&[1; 32]),
+            SecretKey::from_bytes(&[2; 32]),
+        );
+        let a = catalog
+            .accept_many(
+                vec![
+                    entry(&alice, "a1", 1),
+                    entry(&alice, "a2", 1),
+                    entry(&alice, "a3", 1),
+                ],
+                "peer",
+            )
+            .unwrap();
+        assert_eq!(
+            a.changed.len(),
+            2,
+            "the third product of one owner is refused"
+        );
+        let b = catalog
+            .accept_many(vec![entry(&bob, "b1", 1), entry(&bob, "b2", 1)], "peer")
+            .unwrap();
+        assert_eq!(b.changed.len(), 1, "the catalog holds 3 entries at most");
+        let update = catalog
+            .accept_many(vec![entry(&alice, "a1", 2)], "peer")
+            .unwrap();
+        assert_eq!(
+            update.changed.len(),
+            1,
+            "a known product may always be updated"
+        );
+        assert_eq!(catalog.len(), 3);
+    }
 }

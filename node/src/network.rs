@@ -25,6 +25,8 @@ use crate::sync_catalog;
 
 /// Capacity of the command queue into the event loop.
 pub const COMMAND_QUEUE: usize = 1024;
+/// Most gossiped entries checked at once.
+const VALIDATIONS_MAX: usize = 64;
 /// Most entries held back while no peer has the catalog topic; anti-entropy covers the rest.
 const UNSENT_MAX: usize = 1024;
 /// How often Kademlia looks for more peers.
@@ -59,6 +61,8 @@ pub(crate) struct EventLoop {
     connected: HashSet<PeerId>,
     /// Entries published while no peer had the topic; gossiped when one subscribes.
     unsent: Vec<Bytes>,
+    /// Gossiped entries being checked at once, at most.
+    validations: Arc<tokio::sync::Semaphore>,
     bootstrapped: bool,
 }
 
@@ -75,6 +79,7 @@ impl EventLoop {
             topic: IdentTopic::new(CATALOG_TOPIC),
             connected: HashSet::new(),
             unsent: Vec::new(),
+            validations: Arc::new(tokio::sync::Semaphore::new(VALIDATIONS_MAX)),
             bootstrapped: false,
         }
     }
@@ -245,8 +250,19 @@ impl EventLoop {
 
     /// Checks a gossiped entry off the loop and reports the verdict to gossipsub.
     fn on_gossip(&mut self, source: PeerId, id: MessageId, data: Vec<u8>) {
+        // Bound the checks in flight: past the bound, the message is not forwarded (anti-entropy
+        // delivers the entry later), rather than queueing without limit.
+        let Ok(permit) = self.validations.clone().try_acquire_owned() else {
+            self.shared.metrics.reject_entry("overloaded");
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+            return;
+        };
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let peer = short(&source);
             let acceptance = match shared.catalog.accept_many(vec![Bytes::from(data)], &peer) {
                 Ok(accepted) if accepted.rejected.is_empty() => MessageAcceptance::Accept,

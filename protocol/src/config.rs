@@ -44,6 +44,12 @@ pub struct Config {
     /// Most catalog versions in one bucket request. Default 16384 (a 4 M-product catalog at
     /// 256 buckets).
     pub bucket_versions_max: usize,
+    /// Most entries a node keeps in its catalog; new products beyond it are refused (updates of
+    /// known ones are not). Default 1,000,000. Product ids are free to mint, so this bounds what
+    /// a hostile peer can make a node store.
+    pub catalog_entries_max: usize,
+    /// Most products one owner key may have in a node's catalog. Default 10,000.
+    pub products_per_owner_max: usize,
 }
 
 impl Default for Config {
@@ -65,6 +71,8 @@ impl Default for Config {
             frame_bytes_max: 4 * 1024 * 1024,
             frame_events_max: 1024,
             bucket_versions_max: 16 * 1024,
+            catalog_entries_max: 1_000_000,
+            products_per_owner_max: 10_000,
         }
     }
 }
