@@ -174,6 +174,15 @@ impl SignedCatalogEntry {
         )?;
         let entry = CatalogEntry::from_pb(body, config)?;
         let encoded = Bytes::from(envelope_to_pb(&envelope).encode_to_vec());
+        // An entry inside a larger message (an equivocation proof) was not bounded by its
+        // caller: bound what will be stored.
+        if encoded.len() > config.catalog_entry_bytes_max {
+            return Err(DecodeError::Oversized {
+                what: "catalog entry",
+                len: encoded.len(),
+                max: config.catalog_entry_bytes_max,
+            });
+        }
         Ok(Self {
             envelope,
             entry,

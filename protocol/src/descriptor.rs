@@ -251,7 +251,10 @@ fn yaml_error_path(message: &str) -> String {
     message
         .split_once("field `")
         .and_then(|(_, rest)| rest.split_once('`'))
-        .map_or_else(|| "(file)".to_owned(), |(field, _)| field.to_owned())
+        .map(|(field, _)| field)
+        // An empty key (`! :`) makes serde name the field "".
+        .filter(|field| !field.is_empty())
+        .map_or_else(|| "(file)".to_owned(), str::to_owned)
 }
 
 // ---- raw values, as parsed -------------------------------------------------------------------
@@ -393,10 +396,20 @@ impl RawDescriptor {
         }
         let mut tags = Vec::new();
         for (i, tag) in self.tags.iter().enumerate().take(config.tags_max) {
-            let text = p
-                .text(&format!("tags[{i}]"), tag, true, short)
-                .to_lowercase();
-            if tags.contains(&text) {
+            let written = p.text(&format!("tags[{i}]"), tag, true, short);
+            // Lower-casing can lengthen a text ('İ' is 2 bytes, "i̇" 3): check again, so that a
+            // file accepted here is never refused on the wire.
+            let text = written.to_lowercase();
+            if written.len() <= short && text.len() > short {
+                p.add(
+                    format!("tags[{i}]"),
+                    tag,
+                    format!(
+                        "is {} bytes once lower-cased, over the limit of {short}",
+                        text.len()
+                    ),
+                );
+            } else if tags.contains(&text) {
                 p.add(format!("tags[{i}]"), tag, format!("duplicate tag {text:?}"));
             }
             tags.push(text);

@@ -10,10 +10,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
-use ed25519_dalek::VerifyingKey;
 use prost::Message;
 
 use crate::config::Config;
+use crate::ed25519::{self, VerifyingPoint};
 use crate::error::{BuildError, DecodeError, VerifyError};
 use crate::identity::{ProductId, PublicKey, SecretKey};
 use crate::signed::{EVENT_SIGNING_CONTEXT, Envelope};
@@ -357,14 +357,25 @@ impl SignedEvent {
         let body: pb::EventBody =
             wire::decode(&envelope.body, "event body", config.event_bytes_max)?;
         let event = Event::from_pb(body, config)?;
-        // Keep the bytes as received when they are already canonical (the usual case); drop
-        // unknown envelope fields otherwise, so they are neither stored nor forwarded.
-        let canonical = envelope_to_pb(&envelope);
-        let encoded = if canonical.encoded_len() == bytes.len() {
+        // Keep the bytes as received when they are already canonical (the usual case);
+        // otherwise store and forward the canonical form, without unknown fields or reordered
+        // ones, so that every node holds one event as the same bytes. Same length is not
+        // enough: reordered fields have it too.
+        let canonical = envelope_to_pb(&envelope).encode_to_vec();
+        let encoded = if canonical == bytes {
             bytes
         } else {
-            Bytes::from(canonical.encode_to_vec())
+            Bytes::from(canonical)
         };
+        // `bytes` was bounded by the caller, but an event inside a larger message (a fork
+        // proof) was not: bound what will be stored.
+        if encoded.len() > config.event_bytes_max {
+            return Err(DecodeError::Oversized {
+                what: "event",
+                len: encoded.len(),
+                max: config.event_bytes_max,
+            });
+        }
         Ok(Self {
             envelope,
             event,
@@ -442,7 +453,7 @@ impl VerifiedEvent {
 /// its own to find which ones are bad, so one forgery costs its batch the speed-up but never
 /// rejects a good event.
 pub fn verify_batch(events: Vec<SignedEvent>) -> Vec<Result<VerifiedEvent, VerifyError>> {
-    let mut keys: HashMap<PublicKey, Result<VerifyingKey, VerifyError>> = HashMap::new();
+    let mut keys: HashMap<PublicKey, Result<VerifyingPoint, VerifyError>> = HashMap::new();
     let mut candidates = Vec::with_capacity(events.len());
     let mut results: Vec<Option<Result<VerifiedEvent, VerifyError>>> =
         Vec::with_capacity(events.len());
@@ -473,13 +484,13 @@ pub fn verify_batch(events: Vec<SignedEvent>) -> Vec<Result<VerifiedEvent, Verif
         .iter()
         .map(|(_, _, e)| e.envelope.signing_message(EVENT_SIGNING_CONTEXT))
         .collect();
-    let message_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let signatures: Vec<_> = candidates
+    let items: Vec<_> = candidates
         .iter()
-        .map(|(_, _, e)| e.envelope.signature)
+        .zip(&messages)
+        .map(|((_, key, e), message)| (key, message.as_slice(), &e.envelope.signature))
         .collect();
-    let verifying_keys: Vec<_> = candidates.iter().map(|(_, key, _)| *key).collect();
-    let batch_ok = ed25519_dalek::verify_batch(&message_refs, &signatures, &verifying_keys).is_ok();
+    let batch_ok = ed25519::verify_batch(&items);
+    drop(items);
     for (index, key, event) in candidates {
         results[index] = Some(if batch_ok {
             Ok(VerifiedEvent(event))

@@ -14,8 +14,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 
+use crate::ed25519::{self, VerifyingPoint};
 use crate::error::IdError;
 
 /// Length of an ed25519 public key.
@@ -100,12 +101,8 @@ impl PublicKey {
     }
 
     /// The decompressed key, for signature checks.
-    pub(crate) fn to_verifying_key(self) -> Result<VerifyingKey, IdError> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| IdError::KeyNotOnCurve)?;
-        if key.is_weak() {
-            return Err(IdError::WeakKey);
-        }
-        Ok(key)
+    pub(crate) fn to_verifying_key(self) -> Result<VerifyingPoint, IdError> {
+        VerifyingPoint::decode(&self.0)
     }
 
     /// The libp2p `PeerId` bytes (identity multihash) of this key.
@@ -133,18 +130,15 @@ impl PublicKey {
 
 /// Verifies an ed25519 signature of `context || digest` by `key`.
 ///
-/// This is the same cofactorless check as [`ed25519_dalek::verify_batch`], so one event is
-/// judged alike whether it arrives alone or in a batch. (`verify_strict` would also refuse
-/// signatures whose `R` is of small order, which a batch accepts; weak public keys, the case
-/// that matters, are refused by [`PublicKey::to_verifying_key`].)
+/// The rule (cofactored, as ZIP 215) is in [`crate::ed25519`]; batches follow the same one, so
+/// one event is judged alike whether it arrives alone or in a batch.
 pub(crate) fn verify_digest(
-    key: &VerifyingKey,
+    key: &VerifyingPoint,
     context: &[u8],
     digest: &[u8; 32],
     signature: &Signature,
 ) -> bool {
-    key.verify(&signing_message(context, digest), signature)
-        .is_ok()
+    ed25519::verify(key, &signing_message(context, digest), signature)
 }
 
 impl fmt::Display for PublicKey {

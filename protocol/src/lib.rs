@@ -50,6 +50,7 @@ pub mod catalog;
 pub mod chain;
 pub mod config;
 pub mod descriptor;
+mod ed25519;
 pub mod error;
 pub mod event;
 pub mod identity;

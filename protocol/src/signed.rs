@@ -7,8 +7,9 @@
 //! encodings are not canonical.
 
 use bytes::Bytes;
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::Signature;
 
+use crate::ed25519::VerifyingPoint;
 use crate::error::{DecodeError, VerifyError};
 use crate::identity::{PublicKey, SecretKey, signing_message, verify_digest};
 use crate::wire;
@@ -62,7 +63,7 @@ impl Envelope {
     }
 
     /// Checks the signature against an already decompressed signer key.
-    pub fn verify_with(&self, key: &VerifyingKey, context: &[u8]) -> Result<(), VerifyError> {
+    pub fn verify_with(&self, key: &VerifyingPoint, context: &[u8]) -> Result<(), VerifyError> {
         if verify_digest(key, context, &self.id, &self.signature) {
             Ok(())
         } else {

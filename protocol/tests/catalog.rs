@@ -254,3 +254,42 @@ fn oversized_entries_are_refused() {
     let huge = Bytes::from(vec![0u8; config.catalog_entry_bytes_max + 1]);
     assert_eq!(receive(huge).unwrap_err().kind(), "oversized");
 }
+
+#[test]
+fn an_equivocation_proof_side_over_the_entry_limit_is_refused() {
+    let config = Config::default();
+    let owner = key(1);
+    let honest = entry(&owner, 1, "first");
+    // A second revision-1 entry whose body is within `catalog_entry_bytes_max` but whose
+    // envelope is not: refused alone, so it must be refused inside a proof too.
+    let mut body = pb::SignedCatalogEntry::decode(honest.encoded().clone())
+        .unwrap()
+        .body
+        .to_vec();
+    body.extend(common::unknown_field(
+        config.catalog_entry_bytes_max - body.len() - 8,
+    ));
+    let padded = common::sign_raw(&owner, mesh_protocol::CATALOG_SIGNING_CONTEXT, body);
+    assert!(padded.len() > config.catalog_entry_bytes_max);
+    assert_eq!(
+        receive(Bytes::from(padded.clone())).unwrap_err().kind(),
+        "oversized"
+    );
+
+    let proof = pb::EquivocationProof {
+        first: Some(pb::SignedCatalogEntry::decode(honest.encoded().clone()).unwrap()),
+        second: Some(pb::SignedCatalogEntry::decode(&padded[..]).unwrap()),
+    };
+    let err = EquivocationProof::decode_and_verify(Bytes::from(proof.encode_to_vec()), &config)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProofError::Decode(mesh_protocol::DecodeError::Oversized {
+                what: "catalog entry",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+}

@@ -512,3 +512,74 @@ fn an_owner_key_that_is_no_curve_point_never_verifies() {
         assert_eq!(batched[0].as_ref().unwrap_err().kind(), "invalid_key");
     }
 }
+
+#[test]
+fn an_event_with_reordered_envelope_fields_is_kept_in_canonical_form() {
+    let owner = key(1);
+    let event = log(&owner, &product(&owner, "orders"), 1).remove(0);
+    let fields = pb::SignedEvent::decode(event.encoded().clone()).unwrap();
+    // The same three fields, written in the order 3, 2, 1: same length, other bytes.
+    let mut reordered = Vec::new();
+    for one in [
+        pb::SignedEvent {
+            signature: fields.signature.clone(),
+            ..Default::default()
+        },
+        pb::SignedEvent {
+            signer: fields.signer.clone(),
+            ..Default::default()
+        },
+        pb::SignedEvent {
+            body: fields.body.clone(),
+            ..Default::default()
+        },
+    ] {
+        one.encode(&mut reordered).unwrap();
+    }
+    assert_eq!(reordered.len(), event.encoded().len());
+    assert_ne!(&reordered[..], &event.encoded()[..]);
+
+    let received = SignedEvent::decode(Bytes::from(reordered), &Config::default())
+        .unwrap()
+        .verify()
+        .unwrap();
+    // Every node stores and forwards one event as the same bytes.
+    assert_eq!(received.encoded(), event.encoded());
+    assert_eq!(received, event);
+}
+
+#[test]
+fn a_fork_proof_side_over_the_event_limit_is_refused() {
+    let config = Config::default();
+    let owner = key(1);
+    let p = product(&owner, "orders");
+    let honest = log(&owner, &p, 1).remove(0);
+    // The owner signs a second event 1 whose body, padded with an unknown field, is within
+    // `event_bytes_max` but whose envelope is not: no peer would accept it on its own.
+    let mut body = pb::SignedEvent::decode(honest.encoded().clone())
+        .unwrap()
+        .body
+        .to_vec();
+    body.extend(common::unknown_field(
+        config.event_bytes_max - body.len() - 8,
+    ));
+    assert!(body.len() <= config.event_bytes_max);
+    let padded = common::sign_raw(&owner, mesh_protocol::EVENT_SIGNING_CONTEXT, body);
+    assert!(padded.len() > config.event_bytes_max);
+    let alone = SignedEvent::decode(Bytes::from(padded.clone()), &config).unwrap_err();
+    assert!(matches!(alone, DecodeError::Oversized { .. }), "{alone:?}");
+
+    let proof = pb::ForkProof {
+        first: Some(pb::SignedEvent::decode(honest.encoded().clone()).unwrap()),
+        second: Some(pb::SignedEvent::decode(&padded[..]).unwrap()),
+    };
+    let err =
+        ForkProof::decode_and_verify(Bytes::from(proof.encode_to_vec()), &config).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProofError::Decode(DecodeError::Oversized { what: "event", .. })
+        ),
+        "{err:?}"
+    );
+}

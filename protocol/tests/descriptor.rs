@@ -185,3 +185,23 @@ fn errors_print_line_column_path_and_message() {
         "{text}"
     );
 }
+
+#[test]
+fn a_tag_that_grows_when_lower_cased_is_checked_after() {
+    let config = Config::default();
+    // 'İ' is 2 bytes and lower-cases to "i̇", 3 bytes: the written tag is at the limit, the
+    // stored one would be over it, and peers would refuse the signed entry.
+    let tag = format!("{}İ", "a".repeat(config.short_text_bytes_max - 2));
+    assert_eq!(tag.len(), config.short_text_bytes_max);
+    let yaml = ORDERS_YAML.replace("tags: [orders,", &format!("tags: [\"{tag}\","));
+    let (path, line, message) = problem(&yaml);
+    assert_eq!((path.as_str(), line), ("tags[0]", Some(5)));
+    assert!(message.contains("once lower-cased"), "{message}");
+}
+
+#[test]
+fn an_empty_key_is_reported_against_the_file() {
+    let all = problems("! :\n");
+    assert!(!all.is_empty());
+    assert!(all.iter().all(|p| !p.path.is_empty()), "{all:?}");
+}

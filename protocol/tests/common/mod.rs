@@ -6,6 +6,7 @@ use mesh_protocol::{
     CatalogEntry, Config, Descriptor, LogHead, Operation, ProductId, ProductName, SecretKey,
     VerifiedCatalogEntry, VerifiedEvent,
 };
+use prost::Message;
 
 pub const T0_MICROS: u64 = 1_763_700_000_000_000;
 
@@ -82,4 +83,29 @@ pub fn entry(owner: &SecretKey, revision: u64, description: &str) -> VerifiedCat
     }
     .sign(owner, &Config::default())
     .unwrap()
+}
+
+/// Signs arbitrary body bytes as `owner` would, bypassing every check the builder makes: what
+/// a malicious owner can put on the wire.
+pub fn sign_raw(owner: &SecretKey, context: &[u8], body: Vec<u8>) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&owner.to_bytes());
+    let mut message = context.to_vec();
+    message.extend_from_slice(blake3::hash(&body).as_bytes());
+    let signature = signing.sign(&message);
+    mesh_protocol::wire::pb::SignedEvent {
+        body: Bytes::from(body),
+        signer: Bytes::copy_from_slice(owner.public().as_bytes()),
+        signature: Bytes::copy_from_slice(&signature.to_bytes()),
+    }
+    .encode_to_vec()
+}
+
+/// An unknown protobuf field (number 1000, length-delimited) of `len` bytes: decoders skip it,
+/// but it is signed and counts towards sizes.
+pub fn unknown_field(len: usize) -> Vec<u8> {
+    let mut out = vec![0xc2, 0x3e]; // tag (1000 << 3) | 2
+    prost::encoding::encode_varint(len as u64, &mut out);
+    out.resize(out.len() + len, b'x');
+    out
 }
