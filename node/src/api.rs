@@ -3,8 +3,13 @@
 //! | method and path | what |
 //! | --- | --- |
 //! | `GET /v1/status` | peers, own products, subscriptions with lag, forks, recent rejections |
-//! | `GET /v1/catalog?q=&domain=&tag=` | catalog entries (filtered by substring, domain, tag) |
+//! | `GET /v1/catalog?q=&domain=&owner=&tag=&pii=&version=&limit=&offset=` | ranked search with facets; each hit says which peers hold its log |
+//! | `GET /v1/products` | every catalog entry held, by product id |
 //! | `POST /v1/products` | publish: the body is a descriptor YAML file |
+//! | `GET /v1/lineage/{id}?direction=upstream\|downstream&depth=&format=json\|dot\|mermaid` | product-level lineage, declared and observed edges |
+//! | `GET /v1/impact/{id}?depth=` | downstream products and owners affected by a change, with hops |
+//! | `GET /v1/trace/{id}?key=` | a record traced back through cited events to its sources, each hop verified |
+//! | `GET /v1/health?stale_after=7d` | stale owners, missing inputs, lineage cycles, undeclared consumption |
 //! | `GET /v1/products/{id}` | a product's catalog entry and the head this node holds |
 //! | `POST /v1/products/{id}/events` | append: `{"key": "k", "value": {...}}` or `{"key": "k", "delete": true}`, optional `"causes"` |
 //! | `GET /v1/products/{id}/events?from=&limit=` | the log, each event re-verified |
@@ -27,7 +32,9 @@ use mesh_protocol::{EventRef, Operation, ProductId, VerifiedCatalogEntry};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::lineage::{Direction, Impact, LineageError};
 use crate::node::{NodeError, NodeHandle};
+use crate::search::{SearchRequest, SearchResponse};
 
 /// Largest request body: a payload at its 256 KiB limit, escaped as JSON, fits.
 const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -39,7 +46,11 @@ pub fn router(node: NodeHandle) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/catalog", get(catalog))
-        .route("/v1/products", post(publish))
+        .route("/v1/products", post(publish).get(products))
+        .route("/v1/lineage/{id}", get(lineage))
+        .route("/v1/impact/{id}", get(impact))
+        .route("/v1/trace/{id}", get(trace))
+        .route("/v1/health", get(health))
         .route("/v1/products/{id}", get(product))
         .route("/v1/products/{id}/events", post(append).get(events))
         .route("/v1/products/{id}/record", get(record))
@@ -135,43 +146,160 @@ impl EntryView {
     }
 }
 
+/// `GET /v1/catalog` parameters: a ranked search.
 #[derive(Debug, Deserialize)]
 struct CatalogQuery {
     q: Option<String>,
     domain: Option<String>,
+    owner: Option<String>,
     tag: Option<String>,
+    pii: Option<bool>,
+    version: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
 }
 
 async fn catalog(
     State(node): State<NodeHandle>,
     Query(query): Query<CatalogQuery>,
-) -> ApiResult<Vec<EntryView>> {
-    let q = query.q.map(|q| q.to_lowercase());
-    let entries = node
-        .catalog()
-        .iter()
-        .filter(|e| {
-            let d = &e.entry().descriptor;
-            query
-                .domain
-                .as_ref()
-                .is_none_or(|domain| &d.domain == domain)
-                && query
-                    .tag
-                    .as_ref()
-                    .is_none_or(|tag| d.tags.contains(&tag.to_lowercase()))
-                && q.as_ref().is_none_or(|q| {
-                    d.name.as_str().contains(q.as_str())
-                        || d.description.to_lowercase().contains(q.as_str())
-                        || d.tags.iter().any(|t| t.contains(q.as_str()))
-                        || d.fields
-                            .iter()
-                            .any(|f| f.name.to_lowercase().contains(q.as_str()))
-                })
-        })
-        .map(EntryView::new)
-        .collect();
+) -> ApiResult<SearchResponse> {
+    let request = SearchRequest {
+        query: query.q.unwrap_or_default(),
+        domain: query.domain,
+        owner: query.owner,
+        tag: query.tag,
+        pii: query.pii,
+        version: query.version,
+        limit: query.limit.unwrap_or(0),
+        offset: query.offset.unwrap_or(0),
+    };
+    let response = tokio::task::spawn_blocking(move || node.search(&request))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(response))
+}
+
+/// Every catalog entry this node holds, sorted by product id.
+async fn products(State(node): State<NodeHandle>) -> ApiResult<Vec<EntryView>> {
+    let mut entries: Vec<EntryView> = node.catalog().iter().map(EntryView::new).collect();
+    entries.sort_by(|a, b| a.product.cmp(&b.product));
     Ok(Json(entries))
+}
+
+#[derive(Debug, Deserialize)]
+struct LineageQuery {
+    direction: Option<String>,
+    depth: Option<u32>,
+    format: Option<String>,
+}
+
+/// Longest walk the API does; deeper requests are cut to it.
+const LINEAGE_DEPTH_MAX: u32 = 64;
+/// Most products one lineage answer holds (a DOT or Mermaid drawing of more is unreadable).
+const LINEAGE_PRODUCTS_MAX: usize = 10_000;
+
+async fn lineage(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(query): Query<LineageQuery>,
+) -> Result<Response, ApiError> {
+    let id = product_id(&id)?;
+    let direction: Direction = query
+        .direction
+        .as_deref()
+        .unwrap_or("upstream")
+        .parse()
+        .map_err(|e: LineageError| bad_request(e.to_string()))?;
+    let depth = query.depth.unwrap_or(3).min(LINEAGE_DEPTH_MAX);
+    let graph = node.lineage_graph();
+    let reached = graph
+        .reach_count(&id, direction, depth)
+        .map_err(lineage_error)?;
+    if reached > LINEAGE_PRODUCTS_MAX {
+        return Err(bad_request(format!(
+            "the {direction} lineage of {id} within {depth} hops has {reached} products, \
+             over the {LINEAGE_PRODUCTS_MAX} one answer holds: ask for fewer hops"
+        )));
+    }
+    let walked = graph.walk(&id, direction, depth).map_err(lineage_error)?;
+    match query.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(walked).into_response()),
+        "dot" => Ok(walked.to_dot().into_response()),
+        "mermaid" => Ok(walked.to_mermaid().into_response()),
+        other => Err(bad_request(format!(
+            "unknown format {other:?}: use json, dot or mermaid"
+        ))),
+    }
+}
+
+fn lineage_error(e: LineageError) -> ApiError {
+    match e {
+        LineageError::UnknownProduct { .. } => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+        _ => bad_request(e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DepthQuery {
+    depth: Option<u32>,
+}
+
+async fn impact(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(query): Query<DepthQuery>,
+) -> ApiResult<Impact> {
+    let id = product_id(&id)?;
+    let depth = query
+        .depth
+        .unwrap_or(LINEAGE_DEPTH_MAX)
+        .min(LINEAGE_DEPTH_MAX);
+    Ok(Json(
+        node.lineage_graph()
+            .impact(&id, depth)
+            .map_err(lineage_error)?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct TraceQuery {
+    key: String,
+}
+
+async fn trace(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(query): Query<TraceQuery>,
+) -> ApiResult<crate::trace::Trace> {
+    let id = product_id(&id)?;
+    let traced = tokio::task::spawn_blocking(move || node.trace(&id, query.key.as_bytes()))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(traced))
+}
+
+#[derive(Debug, Deserialize)]
+struct HealthQuery {
+    /// How long an owner may go unseen, e.g. `7d` (default) or `90s`.
+    stale_after: Option<String>,
+    /// Most items per list (default 100).
+    limit: Option<usize>,
+}
+
+async fn health(
+    State(node): State<NodeHandle>,
+    Query(query): Query<HealthQuery>,
+) -> ApiResult<crate::discovery::DiscoveryHealth> {
+    let stale_after = match query.stale_after {
+        Some(text) => humantime::parse_duration(&text)
+            .map_err(|e| bad_request(format!("invalid stale_after {text:?}: {e}")))?,
+        None => std::time::Duration::from_secs(7 * 24 * 3600),
+    };
+    let mut report = tokio::task::spawn_blocking(move || node.health(stale_after))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    report.lineage.truncate(query.limit.unwrap_or(100));
+    Ok(Json(report))
 }
 
 async fn publish(State(node): State<NodeHandle>, body: String) -> ApiResult<EntryView> {

@@ -283,6 +283,7 @@ mod tests {
             revision,
             timestamp_micros: 0,
             descriptor: Descriptor::from_yaml(&yaml, &config).unwrap(),
+            consumes: Vec::new(),
         }
         .sign(owner, &config)
         .unwrap()

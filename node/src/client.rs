@@ -34,6 +34,12 @@ impl Client {
         self.read(path, response)
     }
 
+    /// A GET whose answer is text (DOT, Mermaid), not JSON.
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let response = self.agent.get(format!("{}{path}", self.base)).call();
+        self.read_text(path, response)
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self.agent.delete(format!("{}{path}", self.base)).call();
         self.read(path, response)
@@ -65,6 +71,16 @@ impl Client {
         path: &str,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> anyhow::Result<T> {
+        let text = self.read_text(path, response)?;
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer to {path}"))
+    }
+
+    /// The body of a successful answer, or the node's one-line reason as the error.
+    fn read_text(
+        &self,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<String> {
         let mut response = response.map_err(|e| match e {
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 anyhow::anyhow!(
@@ -86,7 +102,7 @@ impl Client {
                 .unwrap_or(text);
             anyhow::bail!("{reason}");
         }
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer to {path}"))
+        Ok(text)
     }
 }
 

@@ -165,7 +165,7 @@ async fn tour(
             &(field("invoice_id", "string", false)
                 + &field("order_id", "string", false)
                 + &field("status", "string", false)),
-            &[],
+            std::slice::from_ref(&orders),
         ))
         .await?
         .product()
@@ -229,10 +229,11 @@ async fn tour(
             .join(", ")
     ))?;
 
-    say("\n== analytics subscribes to its three inputs; producers append signed, hash-chained events".into())?;
+    say("\n== analytics subscribes to its three inputs, billing to orders; producers append signed, hash-chained events".into())?;
     for p in [&orders, &invoices, &shipments] {
         analytics.subscribe(p).await?;
     }
+    billing.subscribe(&orders).await?;
     let mut upstream = Vec::new();
     for (i, (region, total)) in [("north", "120.00"), ("south", "75.50"), ("north", "42.00")]
         .iter()
@@ -331,6 +332,83 @@ async fn tour(
         ))?;
     }
 
+    // analytics and billing announced what they consume in new revisions of their entries;
+    // wait until billing's catalog and index have both.
+    until("billing sees who consumes what", || {
+        let orders_hit = billing
+            .search(&crate::search::SearchRequest {
+                query: "orders".into(),
+                ..Default::default()
+            })
+            .ok()
+            .and_then(|r| r.hits.into_iter().find(|h| h.name == "orders"));
+        billing
+            .catalog_entry(&revenue)
+            .is_some_and(|e| e.entry().consumes.len() == 3)
+            && orders_hit.is_some_and(|h| h.holders.len() == 3)
+    })
+    .await?;
+    say(
+        "\n== Discovery: logistics asks billing's node over /mesh/search/1 for \"customer orders\""
+            .into(),
+    )?;
+    let found = logistics
+        .search_peer(
+            billing.peer_id(),
+            &crate::search::SearchRequest {
+                query: "customer orders".into(),
+                limit: 3,
+                ..Default::default()
+            },
+        )
+        .await?;
+    for (i, hit) in found.hits.iter().enumerate() {
+        say(format!(
+            "  {}. {}/{} v{} (score {:.2}), log held by {} node(s)",
+            i + 1,
+            hit.domain,
+            hit.name,
+            hit.version,
+            hit.score,
+            hit.holders.len()
+        ))?;
+    }
+
+    let lineage = billing
+        .lineage_graph()
+        .walk(&revenue, crate::lineage::Direction::Upstream, 3)?;
+    say(
+        "\n== Lineage of revenue-by-region, asked at billing (Mermaid: paste into mermaid.live)"
+            .into(),
+    )?;
+    for line in lineage.to_mermaid().lines() {
+        say(format!("  {line}"))?;
+    }
+    let impact = sales.lineage_graph().impact(&orders, 10)?;
+    say("\n== Impact: what a change to sales/orders affects".into())?;
+    for a in &impact.affected {
+        say(format!(
+            "  {} hop(s): {}/{} (owner {})",
+            a.hops,
+            a.domain,
+            a.product.name(),
+            a.owner
+        ))?;
+    }
+
+    let trace = analytics.trace(&revenue, b"north")?;
+    say("\n== Trace of record \"north\" of revenue-by-region back to its source events".into())?;
+    for step in &trace.steps {
+        say(format!(
+            "  {}{} ({}) seq {}: {}",
+            "  ".repeat(step.depth as usize),
+            step.product.name(),
+            step.product.short(),
+            step.seq,
+            step.status
+        ))?;
+    }
+
     say("\n== The log of sales/orders as analytics holds it, each event re-verified".into())?;
     for e in analytics.events(&orders, 1, 10)? {
         say(format!(
@@ -372,5 +450,9 @@ async fn tour(
         "record_o1": serde_json::from_slice::<serde_json::Value>(&record)?,
         "derived_causes": upstream,
         "audit_problems": audit.problems.len(),
+        "search_hits": found.hits.iter().map(|h| h.product.clone()).collect::<Vec<_>>(),
+        "lineage": lineage,
+        "impact": impact,
+        "trace_sources": trace.sources,
     }))
 }

@@ -20,13 +20,17 @@ pub mod catalog;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod hub;
+pub mod lineage;
 pub mod log_stream;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod search;
 pub mod store;
 pub mod sync_catalog;
+pub mod trace;
 
 pub use config::NodeConfig;
 pub use node::{NodeError, NodeHandle, NodeOptions, Status, TransportKind, start};

@@ -157,19 +157,101 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
-    /// List the catalog this node holds (ranked search arrives with the discovery work).
+    /// List every catalog entry this node holds (see `search` to rank and filter).
     Catalog {
         #[command(flatten)]
         out: Output,
         #[command(flatten)]
         api: Api,
-        /// Only entries whose name, description, tags or fields contain this text.
-        #[arg(long)]
-        q: Option<String>,
+        /// Only products of this domain.
         #[arg(long)]
         domain: Option<String>,
+        /// Only products with this tag.
         #[arg(long)]
         tag: Option<String>,
+    },
+    /// Ranked search of the catalog, at this node (`--api`) or at any peer (`--peer`).
+    Search {
+        #[command(flatten)]
+        out: Output,
+        /// Ask this node's HTTP API (default 127.0.0.1:8080).
+        #[arg(long, env = "MESHNODE_API", conflicts_with = "peer")]
+        api: Option<String>,
+        /// Ask the node at this libp2p address over /mesh/search/1, e.g.
+        /// /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...
+        #[arg(long)]
+        peer: Option<Multiaddr>,
+        /// Words to look for in names, descriptions, tags, fields, owners and domains. Empty:
+        /// every product (filters still apply).
+        #[arg(default_value = "")]
+        query: String,
+        #[arg(long)]
+        domain: Option<String>,
+        /// The descriptor's owner (team or person), as written in the descriptor.
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only products with (true) or without (false) PII fields.
+        #[arg(long)]
+        pii: Option<bool>,
+        /// A semver requirement on the product version, e.g. ^1 or >=2.1.
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Product-level lineage: what a product is derived from (upstream) or feeds (downstream).
+    Lineage {
+        #[command(flatten)]
+        api: Api,
+        product: String,
+        /// Walk towards sources (the default).
+        #[arg(long, conflicts_with = "downstream")]
+        upstream: bool,
+        /// Walk towards consumers.
+        #[arg(long)]
+        downstream: bool,
+        /// Hops to walk.
+        #[arg(long, default_value_t = 3)]
+        depth: u32,
+        /// json, dot (Graphviz) or mermaid. Declared-only edges are dashed, observed-only
+        /// dotted, edges both declared and observed solid.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// The same as --format json.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Impact analysis: the downstream products and owners a change to PRODUCT affects.
+    Impact {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        product: String,
+        #[arg(long, default_value_t = 64)]
+        depth: u32,
+    },
+    /// Follow a record back through the upstream events it was derived from, verifying each.
+    Trace {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        product: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Discovery health: stale owners, missing inputs, lineage cycles, undeclared consumption.
+    Health {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        api: Api,
+        /// How long an owner may go unseen before it is reported, e.g. 7d or 12h.
+        #[arg(long, default_value = "7d")]
+        stale_after: String,
     },
     /// Audit a stored log offline: signatures, chain, head and replica. Stop the node first.
     Verify {
@@ -196,10 +278,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // The demo prints its own tour; keep node logs for problems there.
-        let level = if matches!(cli.command, Command::Demo { .. }) {
-            "warn"
-        } else {
+        // A running node logs what it does; the other verbs print their answer, and logs
+        // only for problems (the demo prints its own tour).
+        let level = if matches!(cli.command, Command::Run { .. }) {
             "info"
+        } else {
+            "warn"
         };
         tracing_subscriber::EnvFilter::new(level)
     });
@@ -354,19 +438,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog {
             out,
             api,
-            q,
             domain,
             tag,
         } => {
             let json = out.json;
-            let mut query = Vec::new();
-            for (name, value) in [("q", q), ("domain", domain), ("tag", tag)] {
-                if let Some(v) = value {
-                    query.push(format!("{name}={}", client::encode_query(&v)));
-                }
-            }
-            let entries: Vec<serde_json::Value> =
-                Client::new(&api.api)?.get(&format!("/v1/catalog?{}", query.join("&")))?;
+            let mut entries: Vec<serde_json::Value> = Client::new(&api.api)?.get("/v1/products")?;
+            entries.retain(|e| {
+                let d = &e["descriptor"];
+                domain.as_ref().is_none_or(|v| d["domain"] == v.as_str())
+                    && tag.as_ref().is_none_or(|t| {
+                        d["tags"]
+                            .as_array()
+                            .is_some_and(|tags| tags.iter().any(|x| x == &t.to_lowercase()))
+                    })
+            });
             print(json, &entries, || {
                 let mut out = format!("{} product(s)\n", entries.len());
                 for e in &entries {
@@ -382,6 +467,118 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 out.trim_end().to_owned()
             })
+        }
+        Command::Search {
+            out,
+            api,
+            peer,
+            query,
+            domain,
+            owner,
+            tag,
+            pii,
+            version,
+            limit,
+        } => {
+            let request = mesh_node::search::SearchRequest {
+                query,
+                domain,
+                owner,
+                tag,
+                pii,
+                version,
+                limit,
+                offset: 0,
+            };
+            let response = match peer {
+                Some(address) => runtime()?
+                    .block_on(mesh_node::discovery::query_address(
+                        address.clone(),
+                        &request,
+                    ))
+                    .with_context(|| format!("search at {address}"))?,
+                None => {
+                    let api = api.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+                    let mut params = vec![format!("q={}", client::encode_query(&request.query))];
+                    for (name, value) in [
+                        ("domain", &request.domain),
+                        ("owner", &request.owner),
+                        ("tag", &request.tag),
+                        ("version", &request.version),
+                    ] {
+                        if let Some(v) = value {
+                            params.push(format!("{name}={}", client::encode_query(v)));
+                        }
+                    }
+                    if let Some(pii) = request.pii {
+                        params.push(format!("pii={pii}"));
+                    }
+                    params.push(format!("limit={limit}"));
+                    Client::new(&api)?.get(&format!("/v1/catalog?{}", params.join("&")))?
+                }
+            };
+            print(out.json, &response, || search_text(&response))
+        }
+        Command::Lineage {
+            api,
+            product,
+            upstream: _,
+            downstream,
+            depth,
+            format,
+            json,
+        } => {
+            let product = parse_product(&product)?;
+            let format = if json { "json".to_owned() } else { format };
+            let direction = if downstream { "downstream" } else { "upstream" };
+            let path = format!(
+                "/v1/lineage/{product}?direction={direction}&depth={depth}&format={}",
+                client::encode_query(&format)
+            );
+            let client = Client::new(&api.api)?;
+            if format == "json" {
+                let value: serde_json::Value = client.get(&path)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", client.get_text(&path)?);
+            }
+            Ok(())
+        }
+        Command::Impact {
+            out,
+            api,
+            product,
+            depth,
+        } => {
+            let product = parse_product(&product)?;
+            let impact: mesh_node::lineage::Impact =
+                Client::new(&api.api)?.get(&format!("/v1/impact/{product}?depth={depth}"))?;
+            print(out.json, &impact, || impact_text(&impact))
+        }
+        Command::Trace {
+            out,
+            api,
+            product,
+            key,
+        } => {
+            let product = parse_product(&product)?;
+            let trace: mesh_node::trace::Trace = Client::new(&api.api)?.get(&format!(
+                "/v1/trace/{product}?key={}",
+                client::encode_query(&key)
+            ))?;
+            print(out.json, &trace, || trace_text(&trace))
+        }
+        Command::Health {
+            out,
+            api,
+            stale_after,
+        } => {
+            let report: mesh_node::discovery::DiscoveryHealth =
+                Client::new(&api.api)?.get(&format!(
+                    "/v1/health?stale_after={}",
+                    client::encode_query(&stale_after)
+                ))?;
+            print(out.json, &report, || health_text(&report))
         }
         Command::Verify { out, home, product } => verify(&home, &product, out.json),
         Command::Check { out, file } => check(&file, out.json),
@@ -402,6 +599,136 @@ fn print<T: serde::Serialize>(
         println!("{}", text());
     }
     Ok(())
+}
+
+fn search_text(r: &mesh_node::search::SearchResponse) -> String {
+    let mut out = format!("{} product(s) match", r.total);
+    if r.hits.len() < r.total {
+        out.push_str(&format!(", showing {}", r.hits.len()));
+    }
+    out.push('\n');
+    for (i, h) in r.hits.iter().enumerate() {
+        out.push_str(&format!(
+            "{:>2}. {}  [{}] v{} owner {}{}\n    {}\n    {}\n    holders: {}\n",
+            i + 1,
+            h.name,
+            h.domain,
+            h.version,
+            h.owner,
+            if h.has_pii { "  PII" } else { "" },
+            h.description.lines().next().unwrap_or(""),
+            h.product,
+            h.holders.join(", ")
+        ));
+    }
+    let facet = |name: &str, counts: &[mesh_node::search::FacetCount]| {
+        let list: Vec<String> = counts
+            .iter()
+            .map(|c| format!("{} ({})", c.value, c.count))
+            .collect();
+        format!("{name}: {}\n", list.join(", "))
+    };
+    out.push_str(&facet("domains", &r.facets.domain));
+    out.push_str(&facet("tags", &r.facets.tag));
+    out.trim_end().to_owned()
+}
+
+fn impact_text(i: &mesh_node::lineage::Impact) -> String {
+    if i.affected.is_empty() {
+        return format!(
+            "nothing downstream of {} within {} hops",
+            i.product, i.depth
+        );
+    }
+    let mut out = format!(
+        "a change to {} affects {} product(s):\n",
+        i.product,
+        i.affected.len()
+    );
+    for a in &i.affected {
+        out.push_str(&format!(
+            "  {} hop(s)  {}  [{}] owner {}\n",
+            a.hops, a.product, a.domain, a.owner
+        ));
+    }
+    out.push_str("owners to tell:\n");
+    for o in &i.owners {
+        out.push_str(&format!(
+            "  {}: {} product(s), nearest {} hop(s)\n",
+            o.owner, o.products, o.nearest_hops
+        ));
+    }
+    out.trim_end().to_owned()
+}
+
+fn trace_text(t: &mesh_node::trace::Trace) -> String {
+    let mut out = format!("record {:?} of {}\n", t.key, t.product);
+    for s in &t.steps {
+        out.push_str(&format!(
+            "{}{} #{} {}  {}",
+            "  ".repeat(s.depth as usize + 1),
+            s.product,
+            s.seq,
+            &s.id[..12.min(s.id.len())],
+            s.status
+        ));
+        if let Some(e) = &s.event {
+            out.push_str(&format!("  {} {} = {}", e.op, e.key, e.payload));
+        }
+        if !s.holders.is_empty() {
+            out.push_str(&format!("  (held by {})", s.holders.join(", ")));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} source event(s), {} unavailable{}",
+        t.sources.len(),
+        t.unavailable,
+        if t.truncated { ", truncated" } else { "" }
+    ));
+    out
+}
+
+fn health_text(h: &mesh_node::discovery::DiscoveryHealth) -> String {
+    let l = &h.lineage;
+    let mut out = format!(
+        "{} product(s): {}\n",
+        h.products,
+        if h.is_healthy() {
+            "healthy"
+        } else {
+            "problems found"
+        }
+    );
+    out.push_str(&format!(
+        "stale owners (unseen for {} s): {}\n",
+        h.stale_after_secs,
+        h.stale_owners.len()
+    ));
+    for s in &h.stale_owners {
+        out.push_str(&format!(
+            "  {} ({} product(s))\n",
+            s.owner_key,
+            s.products.len()
+        ));
+    }
+    out.push_str(&format!("missing inputs: {}\n", l.totals.missing_inputs));
+    for m in &l.missing_inputs {
+        out.push_str(&format!(
+            "  {} needs {}, which no entry describes\n",
+            m.product, m.input
+        ));
+    }
+    out.push_str(&format!("lineage cycles: {}\n", l.totals.cycles));
+    for c in &l.cycles {
+        let names: Vec<String> = c.iter().map(ToString::to_string).collect();
+        out.push_str(&format!("  {}\n", names.join(" -> ")));
+    }
+    out.push_str(&format!(
+        "consumed but not declared: {}\ndeclared but not consumed: {}",
+        l.totals.undeclared_consumption, l.totals.declared_not_consumed
+    ));
+    out
 }
 
 fn parse_product(text: &str) -> anyhow::Result<ProductId> {

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub subscriber_lag: Family<ProductLabel, Gauge>,
     pub streams_served: Gauge,
     pub streams_refused: Family<ReasonLabel, Counter>,
+    pub searches_served: Counter,
 }
 
 impl Metrics {
@@ -101,6 +102,11 @@ impl Metrics {
             "streams_refused",
             "Log subscriptions refused, by reason",
             self.streams_refused.clone(),
+        );
+        r.register(
+            "searches_served",
+            "Search queries answered for peers over /mesh/search/1",
+            self.searches_served.clone(),
         );
         r
     }

@@ -5,7 +5,7 @@
 //! the group-commit thread, resumes stored subscriptions, and returns a [`NodeHandle`]. The
 //! binary, the demo, the tests and the simulator all start nodes this way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -16,8 +16,8 @@ use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::{Multiaddr, PeerId, Transport, noise, tcp, yamux};
 use mesh_protocol::{
-    CatalogEntry, Descriptor, EventId, EventRef, ForkProof, Operation, ProductId, PublicKey,
-    SecretKey, VerifiedCatalogEntry, VerifiedEvent,
+    CatalogEntry, Descriptor, EventId, EventRef, ForkProof, Operation, ProductId, ProductName,
+    PublicKey, SecretKey, VerifiedCatalogEntry, VerifiedEvent,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::behaviour::{self, Behaviour, CATALOG_SYNC_PROTOCOL, LOG_PROTOCOL};
 use crate::catalog::Catalog;
 use crate::config::NodeConfig;
+use crate::discovery::Discovery;
 use crate::hub::{AppendError, Appender, LogHub, Receipt, Rejection, now_micros};
 use crate::metrics::Metrics;
 use crate::network::{COMMAND_QUEUE, Command, EventLoop};
@@ -73,6 +74,8 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     pub hub: Arc<LogHub>,
     pub catalog: Arc<Catalog>,
+    /// Search index and log holders, following the catalog.
+    pub discovery: Discovery,
     pub metrics: Arc<Metrics>,
     pub commands: mpsc::Sender<Command>,
     pub control: libp2p_stream::Control,
@@ -92,6 +95,9 @@ pub struct Shared {
     sources: Mutex<HashMap<ProductId, (PeerId, u64)>>,
     following: Mutex<HashMap<ProductId, CancellationToken>>,
     publishing: tokio::sync::Mutex<()>,
+    /// Upstream products each own product's events cited since start (observed lineage).
+    cited: Mutex<HashMap<ProductName, BTreeSet<ProductId>>>,
+    last_seen: Mutex<HashMap<PeerId, u64>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -102,7 +108,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // These maps are replaced entry by entry; a poisoned lock still holds a consistent map.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -124,6 +130,20 @@ impl Shared {
         let mut peers = lock(&self.peers);
         peers.remove(peer);
         self.metrics.peers_connected.set(peers.len() as i64);
+        drop(peers);
+        lock(&self.last_seen).insert(*peer, now_micros());
+    }
+
+    /// When each peer was last connected (now, for connected ones), microseconds since the
+    /// Unix epoch. Kept since this node started.
+    pub(crate) fn last_seen(&self) -> HashMap<PeerId, u64> {
+        let now = now_micros();
+        let mut seen = lock(&self.last_seen).clone();
+        for peer in lock(&self.peers).keys() {
+            seen.insert(*peer, now);
+        }
+        seen.insert(self.peer_id, now);
+        seen
     }
 
     pub(crate) fn connected_peers(&self) -> Vec<PeerId> {
@@ -195,8 +215,36 @@ pub struct NodeHandle {
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
+/// Builds a node's transport from its identity key, in place of the one [`TransportKind`]
+/// names: used by the simulator (`meshsim`) for an in-process network whose links it shapes
+/// (delay, loss, partitions) and measures (bytes, gossip copies). The caller applies the
+/// security and multiplexing upgrades.
+pub type TransportFactory = Box<
+    dyn FnOnce(
+            &libp2p::identity::Keypair,
+        ) -> Result<
+            libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+            Box<dyn std::error::Error + Send + Sync>,
+        > + Send,
+>;
+
 /// Starts a node. Returns once it listens on every address in its configuration.
 pub async fn start(options: NodeOptions) -> anyhow::Result<NodeHandle> {
+    start_on(options, None).await
+}
+
+/// Starts a node on the transport `transport` builds; `options.transport` is not used.
+pub async fn start_with_transport(
+    options: NodeOptions,
+    transport: TransportFactory,
+) -> anyhow::Result<NodeHandle> {
+    start_on(options, Some(transport)).await
+}
+
+async fn start_on(
+    options: NodeOptions,
+    custom_transport: Option<TransportFactory>,
+) -> anyhow::Result<NodeHandle> {
     let NodeOptions {
         config,
         protocol,
@@ -215,7 +263,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<NodeHandle> {
         libp2p::identity::Keypair::ed25519_from_bytes(key.to_bytes()).context("identity key")?;
     let peer_id = keypair.public().to_peer_id();
     let protocol = Arc::new(protocol);
-    let mut swarm = build_swarm(keypair, transport, &config, &protocol)?;
+    let mut swarm = build_swarm(keypair, transport, custom_transport, &config, &protocol)?;
     for address in &config.listen {
         swarm
             .listen_on(address.clone())
@@ -242,6 +290,10 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<NodeHandle> {
     let sync_streams = control
         .accept(CATALOG_SYNC_PROTOCOL)
         .map_err(|_| anyhow::anyhow!("catalog sync protocol registered twice"))?;
+    let search_streams = control
+        .accept(crate::discovery::SEARCH_PROTOCOL)
+        .map_err(|_| anyhow::anyhow!("search protocol registered twice"))?;
+    let catalog_changes = catalog.subscribe();
     let shared = Arc::new(Shared {
         peer_id,
         public_key: key.public(),
@@ -251,6 +303,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<NodeHandle> {
         store,
         hub,
         catalog,
+        discovery: Discovery::new()?,
         metrics,
         commands,
         control,
@@ -266,12 +319,19 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<NodeHandle> {
         sources: Mutex::new(HashMap::new()),
         following: Mutex::new(HashMap::new()),
         publishing: tokio::sync::Mutex::new(()),
+        cited: Mutex::new(HashMap::new()),
+        last_seen: Mutex::new(HashMap::new()),
     });
 
     let mut tasks = JoinSet::new();
     tasks.spawn(EventLoop::new(swarm, command_rx, shared.clone()).run());
     tasks.spawn(log_stream::serve(shared.clone(), log_streams));
     tasks.spawn(sync_catalog::serve(shared.clone(), sync_streams));
+    tasks.spawn(crate::discovery::serve(shared.clone(), search_streams));
+    tasks.spawn(crate::discovery::follow_catalog(
+        shared.clone(),
+        catalog_changes,
+    ));
     let handle = NodeHandle {
         shared,
         tasks: Arc::new(Mutex::new(tasks)),
@@ -318,6 +378,7 @@ fn identity(store: &dyn Store) -> anyhow::Result<SecretKey> {
 fn build_swarm(
     keypair: libp2p::identity::Keypair,
     transport: TransportKind,
+    custom_transport: Option<TransportFactory>,
     config: &NodeConfig,
     protocol: &mesh_protocol::Config,
 ) -> anyhow::Result<libp2p::Swarm<Behaviour>> {
@@ -326,6 +387,13 @@ fn build_swarm(
             .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
     };
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    if let Some(factory) = custom_transport {
+        return Ok(builder
+            .with_other_transport(factory)?
+            .with_behaviour(behaviour)?
+            .with_swarm_config(|c| behaviour::swarm_config(config, c))
+            .build());
+    }
     let swarm = match transport {
         TransportKind::Tcp => builder
             .with_tcp(
@@ -505,6 +573,17 @@ impl NodeHandle {
     pub async fn publish(&self, descriptor: Descriptor) -> Result<VerifiedCatalogEntry, NodeError> {
         let _one_at_a_time = self.shared.publishing.lock().await;
         let product = self.product_id(&descriptor.name);
+        let consumes = self.consumes(&descriptor)?;
+        self.publish_entry(product, descriptor, consumes).await
+    }
+
+    /// Signs, stores and gossips the next revision of one of this node's products.
+    async fn publish_entry(
+        &self,
+        product: ProductId,
+        descriptor: Descriptor,
+        consumes: Vec<ProductId>,
+    ) -> Result<VerifiedCatalogEntry, NodeError> {
         let revision = self
             .shared
             .catalog
@@ -516,6 +595,7 @@ impl NodeHandle {
             revision,
             timestamp_micros: now_micros(),
             descriptor,
+            consumes,
         }
         .sign(&self.shared.key, &self.shared.protocol)
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
@@ -530,6 +610,100 @@ impl NodeHandle {
         .await?;
         tracing::info!(product = %entry.product().short(), revision, "published");
         Ok(entry)
+    }
+
+    /// What the own product `descriptor` describes consumes, as its catalog entry announces it
+    /// (observed lineage): each subscription the product declares as an input or whose
+    /// events its events cited; and every subscription that no own product declares or cites,
+    /// since then which product it feeds is unknown and impact analysis must not miss it.
+    fn consumes(&self, descriptor: &Descriptor) -> Result<Vec<ProductId>, NodeError> {
+        let subscriptions = self.subscriptions()?;
+        let own = self.own_entries();
+        let cited = lock(&self.shared.cited);
+        let claims = |name: &ProductName, inputs: &[ProductId], p: &ProductId| {
+            inputs.contains(p) || cited.get(name).is_some_and(|c| c.contains(p))
+        };
+        let mut consumes: Vec<ProductId> = subscriptions
+            .into_iter()
+            .filter(|p| {
+                claims(&descriptor.name, &descriptor.inputs, p)
+                    || !own.iter().any(|e| {
+                        let d = &e.entry().descriptor;
+                        d.name != descriptor.name && claims(&d.name, &d.inputs, p)
+                    })
+            })
+            .collect();
+        consumes.sort();
+        consumes.dedup();
+        consumes.truncate(self.shared.protocol.consumes_max);
+        Ok(consumes)
+    }
+
+    /// The current catalog entries of this node's own products.
+    fn own_entries(&self) -> Vec<VerifiedCatalogEntry> {
+        self.shared
+            .catalog
+            .entries()
+            .into_iter()
+            .filter(|e| e.product().owner() == &self.shared.public_key)
+            .collect()
+    }
+
+    /// Re-announces what each own product consumes where it changed (after a subscription,
+    /// an unsubscription, or an event citing a product not cited before).
+    async fn refresh_consumption(&self) -> Result<(), NodeError> {
+        let _one_at_a_time = self.shared.publishing.lock().await;
+        let own = self.own_entries();
+        for entry in own {
+            let consumes = self.consumes(&entry.entry().descriptor)?;
+            if consumes != entry.entry().consumes {
+                self.publish_entry(
+                    entry.product().clone(),
+                    entry.entry().descriptor.clone(),
+                    consumes,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Traces the latest event of `key` in `product` back through the events it cites.
+    pub fn trace(&self, product: &ProductId, key: &[u8]) -> Result<crate::trace::Trace, NodeError> {
+        crate::trace::trace(&self.shared, product, key)
+    }
+
+    /// Discovery health: stale owners and lineage problems.
+    pub fn health(&self, stale_after: Duration) -> crate::discovery::DiscoveryHealth {
+        crate::discovery::health(&self.shared, stale_after)
+    }
+
+    /// Ranked search over the catalog this node holds.
+    pub fn search(
+        &self,
+        request: &crate::search::SearchRequest,
+    ) -> Result<crate::search::SearchResponse, NodeError> {
+        self.shared
+            .discovery
+            .search(request)
+            .map_err(NodeError::BadRequest)
+    }
+
+    /// Asks a connected peer's index over `/mesh/search/1`.
+    pub async fn search_peer(
+        &self,
+        peer: PeerId,
+        request: &crate::search::SearchRequest,
+    ) -> Result<crate::search::SearchResponse, NodeError> {
+        let mut control = self.shared.control.clone();
+        crate::discovery::query(&mut control, peer, request)
+            .await
+            .map_err(|e| NodeError::BadRequest(e.to_string()))
+    }
+
+    /// The product-level lineage graph of the catalog this node holds.
+    pub fn lineage_graph(&self) -> Arc<crate::lineage::LineageGraph> {
+        self.shared.discovery.lineage(&self.shared.catalog)
     }
 
     /// Parses a descriptor file's text and publishes it.
@@ -559,11 +733,27 @@ impl NodeHandle {
                 product.name()
             )));
         }
-        Ok(self
+        let newly_cited = {
+            let mut cited = lock(&self.shared.cited);
+            let set = cited.entry(product.name().clone()).or_default();
+            let before = set.len();
+            set.extend(
+                causes
+                    .iter()
+                    .filter(|c| c.product != *product)
+                    .map(|c| c.product.clone()),
+            );
+            set.len() > before
+        };
+        let receipt = self
             .shared
             .appender
             .append(product.clone(), op, key, payload, causes)
-            .await?)
+            .await?;
+        if newly_cited {
+            self.refresh_consumption().await?;
+        }
+        Ok(receipt)
     }
 
     /// Follows a product's log from now on, and after restarts.
@@ -579,7 +769,7 @@ impl NodeHandle {
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))??;
         self.follow(product.clone());
-        Ok(())
+        self.refresh_consumption().await
     }
 
     /// Stops following a product. What was received stays.
@@ -588,7 +778,7 @@ impl NodeHandle {
             cancel.cancel();
         }
         self.shared.store.subscription_remove(product)?;
-        Ok(())
+        self.refresh_consumption().await
     }
 
     fn follow(&self, product: ProductId) {
@@ -829,7 +1019,7 @@ impl NodeHandle {
     }
 }
 
-fn event_view(event: &VerifiedEvent, status: String) -> EventView {
+pub(crate) fn event_view(event: &VerifiedEvent, status: String) -> EventView {
     let e = event.event();
     let payload = serde_json::from_slice(&e.payload).unwrap_or_else(|_| {
         serde_json::Value::String(String::from_utf8_lossy(&e.payload).into_owned())

@@ -217,6 +217,46 @@ fn two_processes_publish_subscribe_and_replicate_through_the_cli() {
         "{metrics}"
     );
 
+    // Discovery through the CLI: at a peer over libp2p, and at the local API.
+    eventually("sales' index has orders", || {
+        let found = json(&ok(&["search", "--api", &sales.api, "orders", "--json"]));
+        found["total"] == 1
+    });
+    let remote = json(&ok(&["search", "--peer", &sales.p2p, "orders", "--json"]));
+    assert_eq!(remote["hits"][0]["product"], product.as_str());
+    let text = ok(&["search", "--peer", &sales.p2p, "orders"]);
+    assert!(text.contains("1 product(s) match"), "{text}");
+    // Once billing has a product of its own, its entry announces that it consumes orders:
+    // every node then knows billing holds that log too.
+    let invoices = descriptor_file(dir.path(), "invoices", "billing");
+    ok(&["publish", "--api", &billing.api, invoices.to_str().unwrap()]);
+    eventually("billing is a holder of orders", || {
+        let found = json(&ok(&["search", "--api", &sales.api, "orders", "--json"]));
+        found["hits"][0]["holders"]
+            .as_array()
+            .is_some_and(|h| h.len() == 2)
+    });
+    let mermaid = ok(&[
+        "lineage",
+        "--api",
+        &billing.api,
+        &product,
+        "--downstream",
+        "--format",
+        "mermaid",
+    ]);
+    assert!(mermaid.starts_with("flowchart LR"), "{mermaid}");
+    let trace = json(&ok(&[
+        "trace",
+        "--api",
+        &billing.api,
+        &product,
+        "--key",
+        "o-1",
+        "--json",
+    ]));
+    assert_eq!(trace["steps"][0]["status"], "verified");
+
     // Bad input: a one-line reason and a non-zero exit, every time.
     for (args, reason) in [
         (
@@ -251,6 +291,14 @@ fn two_processes_publish_subscribe_and_replicate_through_the_cli() {
             "owned by another node",
         ),
         (vec!["status", "--api", "127.0.0.1:1"], "no node API"),
+        (
+            vec!["lineage", "--api", &sales.api, &product, "--format", "svg"],
+            "unknown format",
+        ),
+        (
+            vec!["search", "--peer", "/ip4/127.0.0.1/tcp/1", "orders"],
+            "cannot reach the peer",
+        ),
         (
             vec!["subscribe", "--api", &sales.api, &product],
             "own product",

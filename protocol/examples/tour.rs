@@ -39,6 +39,7 @@ fn main() {
         revision: 1,
         timestamp_micros: NOW_MICROS,
         descriptor,
+        consumes: Vec::new(),
     }
     .sign(&sales, &config)
     .expect("sales owns orders");

@@ -58,6 +58,10 @@ pub struct CatalogEntry {
     /// Owner's wall clock at signing, microseconds since the Unix epoch.
     pub timestamp_micros: u64,
     pub descriptor: Descriptor,
+    /// Products the owner's node subscribes to on behalf of this product (observed lineage),
+    /// sorted and unique. The node maintains it; compare `descriptor.inputs`, which people
+    /// declare.
+    pub consumes: Vec<ProductId>,
 }
 
 impl CatalogEntry {
@@ -74,7 +78,7 @@ impl CatalogEntry {
                 signer: key.public().to_string(),
             });
         }
-        self.check()?;
+        self.check(config)?;
         let body = Bytes::from(self.to_pb().encode_to_vec());
         let envelope = Envelope::sign(body, key, CATALOG_SIGNING_CONTEXT);
         let encoded = Bytes::from(envelope_to_pb(&envelope).encode_to_vec());
@@ -93,7 +97,7 @@ impl CatalogEntry {
         }))
     }
 
-    fn check(&self) -> Result<(), DecodeError> {
+    fn check(&self, config: &Config) -> Result<(), DecodeError> {
         if self.revision == 0 {
             return Err(DecodeError::invalid("revision", "revisions start at 1"));
         }
@@ -113,6 +117,26 @@ impl CatalogEntry {
                 "a product cannot be its own input",
             ));
         }
+        if self.consumes.len() > config.consumes_max {
+            return Err(DecodeError::Oversized {
+                what: "consumes",
+                len: self.consumes.len(),
+                max: config.consumes_max,
+            });
+        }
+        // Sorted and unique: one set has one encoding, and duplicates cost nothing to refuse.
+        if !self.consumes.windows(2).all(|w| w[0] < w[1]) {
+            return Err(DecodeError::invalid(
+                "consumes",
+                "must be sorted by product id and unique",
+            ));
+        }
+        if self.consumes.contains(&self.product) {
+            return Err(DecodeError::invalid(
+                "consumes",
+                "a product cannot consume itself",
+            ));
+        }
         Ok(())
     }
 
@@ -122,6 +146,7 @@ impl CatalogEntry {
             revision: self.revision,
             timestamp_micros: self.timestamp_micros,
             descriptor: Some(descriptor_to_pb(&self.descriptor)),
+            consumes: self.consumes.iter().map(wire::product_id_to_pb).collect(),
         }
     }
 
@@ -129,13 +154,26 @@ impl CatalogEntry {
         let descriptor = body.descriptor.ok_or(DecodeError::Missing {
             field: "descriptor",
         })?;
+        if body.consumes.len() > config.consumes_max {
+            return Err(DecodeError::Oversized {
+                what: "consumes",
+                len: body.consumes.len(),
+                max: config.consumes_max,
+            });
+        }
+        let consumes = body
+            .consumes
+            .into_iter()
+            .map(|p| wire::product_id(Some(p), "consumes"))
+            .collect::<Result<_, _>>()?;
         let entry = CatalogEntry {
             product: wire::product_id(body.product, "product")?,
             revision: body.revision,
             timestamp_micros: body.timestamp_micros,
             descriptor: descriptor_from_pb(descriptor, config)?,
+            consumes,
         };
-        entry.check()?;
+        entry.check(config)?;
         Ok(entry)
     }
 }

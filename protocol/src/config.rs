@@ -26,6 +26,9 @@ pub struct Config {
     pub tags_max: usize,
     /// Most declared inputs (upstream products) of a descriptor. Default 64.
     pub inputs_max: usize,
+    /// Most products a catalog entry says its owner's node consumes for it (observed lineage).
+    /// Default 256.
+    pub consumes_max: usize,
     /// Most output ports of a descriptor. Default 16.
     pub output_ports_max: usize,
     /// Most peers on a restricted access policy's allow-list. Default 256.
@@ -63,6 +66,7 @@ impl Default for Config {
             fields_max: 256,
             tags_max: 32,
             inputs_max: 64,
+            consumes_max: 256,
             output_ports_max: 16,
             allowed_peers_max: 256,
             short_text_bytes_max: 128,

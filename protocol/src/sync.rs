@@ -456,6 +456,7 @@ mod tests {
             revision,
             timestamp_micros: 0,
             descriptor: Descriptor::from_yaml(&YAML.replace("NAME", name), &config).unwrap(),
+            consumes: Vec::new(),
         }
         .sign(&key, &config)
         .unwrap()
@@ -521,6 +522,7 @@ mod tests {
                     &config,
                 )
                 .unwrap(),
+                consumes: Vec::new(),
             }
             .sign(&key, &config)
             .unwrap()

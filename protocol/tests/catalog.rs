@@ -164,6 +164,7 @@ fn only_the_owner_can_sign_an_entry() {
         revision: 1,
         timestamp_micros: T0_MICROS,
         descriptor: descriptor(ORDERS_YAML),
+        consumes: Vec::new(),
     }
     .sign(&mallory, &Config::default())
     .unwrap_err();
@@ -185,6 +186,7 @@ fn descriptor_name_must_match_the_product_and_not_be_its_own_input() {
         revision: 1,
         timestamp_micros: T0_MICROS,
         descriptor: descriptor(ORDERS_YAML),
+        consumes: Vec::new(),
     }
     .sign(&owner, &Config::default())
     .unwrap_err();
@@ -200,6 +202,7 @@ fn descriptor_name_must_match_the_product_and_not_be_its_own_input() {
         revision: 1,
         timestamp_micros: T0_MICROS,
         descriptor: d,
+        consumes: Vec::new(),
     }
     .sign(&owner, &Config::default())
     .unwrap_err();
@@ -247,6 +250,7 @@ fn oversized_entries_are_refused() {
         revision: 1,
         timestamp_micros: T0_MICROS,
         descriptor: d,
+        consumes: Vec::new(),
     }
     .sign(&owner, &config)
     .unwrap_err();
@@ -292,4 +296,37 @@ fn an_equivocation_proof_side_over_the_entry_limit_is_refused() {
         ),
         "{err:?}"
     );
+}
+
+#[test]
+fn observed_consumption_travels_signed_and_is_checked() {
+    let config = Config::default();
+    let owner = key(1);
+    let upstream = [product(&key(2), "payments"), product(&key(3), "shipments")];
+    let mut sorted = upstream.to_vec();
+    sorted.sort();
+    let make = |consumes: Vec<mesh_protocol::ProductId>| CatalogEntry {
+        product: product(&owner, "orders"),
+        revision: 1,
+        timestamp_micros: T0_MICROS,
+        descriptor: descriptor(ORDERS_YAML),
+        consumes,
+    };
+    let signed = make(sorted.clone()).sign(&owner, &config).unwrap();
+    let received = receive(signed.encoded().clone()).unwrap();
+    assert_eq!(received.entry().consumes, sorted);
+
+    // Unsorted or duplicated lists have two encodings of one set: refused.
+    let mut unsorted = sorted.clone();
+    unsorted.reverse();
+    let err = make(unsorted).sign(&owner, &config).unwrap_err();
+    assert!(err.to_string().contains("consumes"), "{err}");
+    let err = make(vec![sorted[0].clone(), sorted[0].clone()])
+        .sign(&owner, &config)
+        .unwrap_err();
+    assert!(err.to_string().contains("sorted"), "{err}");
+    let err = make(vec![product(&owner, "orders")])
+        .sign(&owner, &config)
+        .unwrap_err();
+    assert!(err.to_string().contains("consume itself"), "{err}");
 }

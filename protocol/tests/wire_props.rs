@@ -140,17 +140,28 @@ fn descriptor_for(name: ProductName) -> impl Strategy<Value = Descriptor> {
 }
 
 fn catalog_entry() -> impl Strategy<Value = VerifiedCatalogEntry> {
-    (any::<[u8; 32]>(), product_name(), 1..u64::MAX)
-        .prop_flat_map(|(seed, name, revision)| {
-            descriptor_for(name.clone()).prop_map(move |d| (seed, name.clone(), revision, d))
+    let consumed = prop::collection::vec((any::<[u8; 32]>(), product_name()), 0..4);
+    (any::<[u8; 32]>(), product_name(), 1..u64::MAX, consumed)
+        .prop_flat_map(|(seed, name, revision, consumed)| {
+            descriptor_for(name.clone())
+                .prop_map(move |d| (seed, name.clone(), revision, d, consumed.clone()))
         })
-        .prop_map(|(seed, name, revision, descriptor)| {
+        .prop_map(|(seed, name, revision, descriptor, consumed)| {
             let owner = mesh_protocol::SecretKey::from_bytes(&seed);
+            let product = ProductId::new(owner.public(), name);
+            let mut consumes: Vec<ProductId> = consumed
+                .into_iter()
+                .map(|(s, n)| ProductId::new(mesh_protocol::SecretKey::from_bytes(&s).public(), n))
+                .filter(|p| p != &product)
+                .collect();
+            consumes.sort();
+            consumes.dedup();
             CatalogEntry {
-                product: ProductId::new(owner.public(), name),
+                product,
                 revision,
                 timestamp_micros: T0_MICROS,
                 descriptor,
+                consumes,
             }
             .sign(&owner, &Config::default())
             .unwrap()

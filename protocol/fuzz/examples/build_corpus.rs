@@ -115,6 +115,7 @@ fn entry(
         revision,
         timestamp_micros: micros,
         descriptor,
+        consumes: Vec::new(),
     }
     .sign(key, &config)
     .expect("a valid catalog entry")

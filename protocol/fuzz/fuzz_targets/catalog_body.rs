@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
         revision: raw.revision,
         timestamp_micros: raw.timestamp_micros.wrapping_add(1),
         descriptor,
+        consumes: Vec::new(),
     };
     let Ok(other) = other.sign(&owner_key(), &config) else {
         return;

@@ -93,10 +93,14 @@ fuzz_target!(|data: &[u8]| {
                 SubscribeRequest::encode,
             ) {
                 assert!(request.from_seq >= 1);
-                assert_eq!(
-                    request.product.to_string().parse().ok(),
-                    Some(request.product)
-                );
+                // Keys are validated when used, not when decoded (see `PublicKey`); the text
+                // form parses back whenever the key is a usable one.
+                if request.product.owner().validate().is_ok() {
+                    assert_eq!(
+                        request.product.to_string().parse().ok(),
+                        Some(request.product)
+                    );
+                }
             }
         }
         4 => {

@@ -474,6 +474,7 @@ pub fn check_descriptor_on_the_wire(d: &Descriptor, config: &Config) {
         revision: 1,
         timestamp_micros: 1,
         descriptor: d.clone(),
+        consumes: Vec::new(),
     };
     let signed = match entry.sign(&owner_key(), config) {
         Ok(signed) => signed,

@@ -80,6 +80,7 @@ pub fn entry(owner: &SecretKey, revision: u64, description: &str) -> VerifiedCat
         revision,
         timestamp_micros: T0_MICROS,
         descriptor: d,
+        consumes: Vec::new(),
     }
     .sign(owner, &Config::default())
     .unwrap()

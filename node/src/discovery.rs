@@ -1,0 +1,347 @@
+//! Discovery answered by any peer: the local search index kept in step with the catalog, who
+//! holds each log, and `/mesh/search/1`, the protocol that lets a remote peer ask.
+//!
+//! The catalog is the source of truth; the index follows it through the catalog's change
+//! feed (rebuilt from the whole catalog at start and whenever the feed lagged). Who holds a
+//! product's log is read from the catalog too — the owner, and the owners of the entries that
+//! announce they consume it — so two nodes with one catalog give one answer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use mesh_protocol::{ProductId, PublicKey, VerifiedCatalogEntry};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::catalog::Catalog;
+use crate::codec::{self, FrameError};
+use crate::lineage::LineageGraph;
+use crate::node::Shared;
+use crate::search::{SearchIndex, SearchRequest, SearchResponse};
+
+/// One request frame (JSON `SearchRequest`), one reply frame (JSON `SearchReply`).
+pub const SEARCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/search/1");
+/// Largest search request.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Largest search reply (100 hits with 4 KiB descriptions fit many times over).
+pub const REPLY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Longest wait for the other side, per frame and to open a stream.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node answers on `/mesh/search/1`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchReply {
+    Ok(SearchResponse),
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("cannot reach the peer: {0}")]
+    Open(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the peer closed the stream without answering")]
+    Closed,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("the peer refused the query: {0}")]
+    Refused(String),
+}
+
+/// The search index and the log holders, both following the catalog.
+pub struct Discovery {
+    pub index: SearchIndex,
+    /// Product -> keys of the nodes whose entries announce they consume it.
+    consumers: Mutex<HashMap<ProductId, BTreeSet<PublicKey>>>,
+    /// Product -> what its current entry announced, to undo on the next revision.
+    announced: Mutex<HashMap<ProductId, Vec<ProductId>>>,
+    /// The lineage graph of the catalog as last applied; built on first use after a change.
+    graph: Mutex<Option<Arc<LineageGraph>>>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("products", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            index: SearchIndex::new().map_err(|e| anyhow::anyhow!("search index: {e}"))?,
+            consumers: Mutex::new(HashMap::new()),
+            announced: Mutex::new(HashMap::new()),
+            graph: Mutex::new(None),
+        })
+    }
+
+    /// Takes in entries that are now the catalog's current ones.
+    pub fn apply(&self, entries: &[VerifiedCatalogEntry]) {
+        if let Err(e) = self.index.upsert_many(entries) {
+            tracing::warn!("search index update failed: {e}");
+        }
+        *crate::node::lock(&self.graph) = None;
+        let mut consumers = crate::node::lock(&self.consumers);
+        let mut announced = crate::node::lock(&self.announced);
+        for entry in entries {
+            let owner = *entry.product().owner();
+            if let Some(old) = announced.remove(entry.product()) {
+                for p in old {
+                    if let Some(set) = consumers.get_mut(&p) {
+                        set.remove(&owner);
+                    }
+                }
+            }
+            for p in &entry.entry().consumes {
+                consumers.entry(p.clone()).or_default().insert(owner);
+            }
+            announced.insert(entry.product().clone(), entry.entry().consumes.clone());
+        }
+    }
+
+    /// The product-level lineage graph of `catalog`, built once per catalog change.
+    pub fn lineage(&self, catalog: &Catalog) -> Arc<LineageGraph> {
+        let mut graph = crate::node::lock(&self.graph);
+        graph
+            .get_or_insert_with(|| Arc::new(LineageGraph::from_catalog(&catalog.entries())))
+            .clone()
+    }
+
+    /// Peers that hold `product`'s log: its owner first, then its announced consumers.
+    pub fn holders(&self, product: &ProductId) -> Vec<PublicKey> {
+        let mut holders = vec![*product.owner()];
+        if let Some(set) = crate::node::lock(&self.consumers).get(product) {
+            holders.extend(set.iter().filter(|k| *k != product.owner()));
+        }
+        holders
+    }
+
+    /// Answers a query from the local index, with the holders of each hit.
+    pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, String> {
+        let mut response = self.index.search(request).map_err(|e| e.to_string())?;
+        for hit in &mut response.hits {
+            if let Ok(product) = hit.product.parse::<ProductId>() {
+                hit.holders = self
+                    .holders(&product)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// Keeps the index in step with the catalog until shutdown.
+pub async fn follow_catalog(
+    shared: Arc<Shared>,
+    mut changes: broadcast::Receiver<VerifiedCatalogEntry>,
+) {
+    let rebuild = |shared: &Arc<Shared>| {
+        let entries = shared.catalog.entries();
+        shared.discovery.apply(&entries);
+    };
+    rebuild(&shared);
+    loop {
+        let first = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            change = changes.recv() => change,
+        };
+        match first {
+            Ok(entry) => {
+                // Take whatever else is queued, so a burst costs one index commit.
+                let mut batch = vec![entry];
+                while let Ok(more) = changes.try_recv() {
+                    batch.push(more);
+                }
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || shared.discovery.apply(&batch)).await;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || rebuild(&shared)).await;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Answers `/mesh/search/1` queries from peers.
+pub async fn serve(shared: Arc<Shared>, incoming: libp2p_stream::IncomingStreams) {
+    crate::node::accept_streams(
+        shared,
+        incoming,
+        "search",
+        |shared, _peer, stream| async move { serve_one(&shared, stream).await },
+    )
+    .await;
+}
+
+async fn serve_one(shared: &Arc<Shared>, mut stream: Stream) -> Result<(), DiscoveryError> {
+    let Some(frame) = codec::read_frame(&mut stream, REQUEST_BYTES_MAX, TIMEOUT).await? else {
+        return Ok(());
+    };
+    let reply = match serde_json::from_slice::<SearchRequest>(&frame) {
+        Ok(request) => {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || shared.discovery.search(&request))
+                .await
+                .map_err(|e| DiscoveryError::Malformed(e.to_string()))?
+                .map_or_else(SearchReply::Error, SearchReply::Ok)
+        }
+        Err(e) => SearchReply::Error(format!("malformed search request: {e}")),
+    };
+    shared.metrics.searches_served.inc();
+    let bytes = serde_json::to_vec(&reply).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+    codec::send_frame(&mut stream, &bytes)
+        .await
+        .map_err(FrameError::from)?;
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    Ok(())
+}
+
+/// Asks `peer` over an open libp2p `control`.
+pub async fn query(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    request: &SearchRequest,
+) -> Result<SearchResponse, DiscoveryError> {
+    let mut stream = tokio::time::timeout(TIMEOUT, control.open_stream(peer, SEARCH_PROTOCOL))
+        .await
+        .map_err(|_| DiscoveryError::Open("timed out".into()))?
+        .map_err(|e| DiscoveryError::Open(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec(request).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+    codec::send_frame(&mut stream, &bytes)
+        .await
+        .map_err(FrameError::from)?;
+    let frame = codec::read_frame(&mut stream, REPLY_BYTES_MAX, TIMEOUT)
+        .await?
+        .ok_or(DiscoveryError::Closed)?;
+    match serde_json::from_slice::<SearchReply>(&frame)
+        .map_err(|e| DiscoveryError::Malformed(e.to_string()))?
+    {
+        SearchReply::Ok(response) => Ok(response),
+        SearchReply::Error(reason) => Err(DiscoveryError::Refused(reason)),
+    }
+}
+
+/// Asks the node at `address` from a throwaway libp2p identity, without running a node: what
+/// `meshnode search --peer` does.
+pub async fn query_address(
+    address: Multiaddr,
+    request: &SearchRequest,
+) -> Result<SearchResponse, DiscoveryError> {
+    use libp2p::swarm::SwarmEvent;
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| DiscoveryError::Open(e.to_string()))?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .map_err(|e| DiscoveryError::Open(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(TIMEOUT))
+        .build();
+    let mut control = swarm.behaviour().new_control();
+    swarm
+        .dial(address.clone())
+        .map_err(|e| DiscoveryError::Open(format!("{address}: {e}")))?;
+    // Drive the swarm until connected; then keep driving it while the query runs.
+    let peer = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => return Ok(peer_id),
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    return Err(DiscoveryError::Open(format!("{address}: {error}")));
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| DiscoveryError::Open(format!("{address}: timed out")))??;
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let result = query(&mut control, peer, request).await;
+    driver.abort();
+    result
+}
+
+/// Owners whose products may be abandoned: not connected for a long time, and no entry newer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StaleOwner {
+    pub owner_key: String,
+    pub products: Vec<ProductId>,
+    /// When this node last had a connection to the owner, if ever since it started.
+    pub last_seen_micros: Option<u64>,
+    /// When the owner signed its newest entry.
+    pub newest_entry_micros: u64,
+}
+
+/// Discovery health: what is wrong with the catalog, reported rather than hidden.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiscoveryHealth {
+    pub products: usize,
+    pub stale_after_secs: u64,
+    pub stale_owners: Vec<StaleOwner>,
+    pub lineage: crate::lineage::LineageHealth,
+}
+
+impl DiscoveryHealth {
+    pub fn is_healthy(&self) -> bool {
+        self.stale_owners.is_empty() && self.lineage.is_healthy()
+    }
+}
+
+/// The health report of the catalog `shared` holds. An owner is stale when neither a
+/// connection nor a signed entry shows it alive within `stale_after`.
+pub fn health(shared: &Shared, stale_after: Duration) -> DiscoveryHealth {
+    let entries = shared.catalog.entries();
+    let last_seen = shared.last_seen();
+    let now = crate::hub::now_micros();
+    let stale_micros = u64::try_from(stale_after.as_micros()).unwrap_or(u64::MAX);
+    let mut owners: std::collections::BTreeMap<PublicKey, (Vec<ProductId>, u64)> =
+        std::collections::BTreeMap::new();
+    for entry in &entries {
+        let (products, newest) = owners.entry(*entry.product().owner()).or_default();
+        products.push(entry.product().clone());
+        *newest = (*newest).max(entry.entry().timestamp_micros);
+    }
+    let stale_owners = owners
+        .into_iter()
+        .filter_map(|(owner, (mut products, newest))| {
+            let seen = PeerId::from_bytes(&owner.to_peer_id_bytes())
+                .ok()
+                .and_then(|peer| last_seen.get(&peer).copied());
+            let alive = seen.unwrap_or(0).max(newest);
+            (now.saturating_sub(alive) > stale_micros).then(|| {
+                products.sort();
+                StaleOwner {
+                    owner_key: owner.to_string(),
+                    products,
+                    last_seen_micros: seen,
+                    newest_entry_micros: newest,
+                }
+            })
+        })
+        .collect();
+    DiscoveryHealth {
+        products: entries.len(),
+        stale_after_secs: stale_after.as_secs(),
+        stale_owners,
+        lineage: shared.discovery.lineage(&shared.catalog).health(),
+    }
+}
