@@ -173,9 +173,7 @@ async fn catalog(
         limit: query.limit.unwrap_or(0),
         offset: query.offset.unwrap_or(0),
     };
-    let response = tokio::task::spawn_blocking(move || node.search(&request))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let response = blocking(move || Ok(node.search(&request)?)).await?;
     Ok(Json(response))
 }
 
@@ -197,6 +195,18 @@ struct LineageQuery {
 const LINEAGE_DEPTH_MAX: u32 = 64;
 /// Most products one lineage answer holds (a DOT or Mermaid drawing of more is unreadable).
 const LINEAGE_PRODUCTS_MAX: usize = 10_000;
+/// Most products one impact answer lists.
+const IMPACT_PRODUCTS_MAX: usize = 100_000;
+
+/// Runs `work` on a blocking thread: searches, traces and lineage graphs (up to a second to
+/// build) must not hold up the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
 
 async fn lineage(
     State(node): State<NodeHandle>,
@@ -211,17 +221,20 @@ async fn lineage(
         .parse()
         .map_err(|e: LineageError| bad_request(e.to_string()))?;
     let depth = query.depth.unwrap_or(3).min(LINEAGE_DEPTH_MAX);
-    let graph = node.lineage_graph();
-    let reached = graph
-        .reach_count(&id, direction, depth)
-        .map_err(lineage_error)?;
-    if reached > LINEAGE_PRODUCTS_MAX {
-        return Err(bad_request(format!(
-            "the {direction} lineage of {id} within {depth} hops has {reached} products, \
-             over the {LINEAGE_PRODUCTS_MAX} one answer holds: ask for fewer hops"
-        )));
-    }
-    let walked = graph.walk(&id, direction, depth).map_err(lineage_error)?;
+    let walked = blocking(move || {
+        let graph = node.lineage_graph();
+        let reached = graph
+            .reach_count(&id, direction, depth)
+            .map_err(lineage_error)?;
+        if reached > LINEAGE_PRODUCTS_MAX {
+            return Err(bad_request(format!(
+                "the {direction} lineage of {id} within {depth} hops has {reached} products, \
+                 over the {LINEAGE_PRODUCTS_MAX} one answer holds: ask for fewer hops"
+            )));
+        }
+        graph.walk(&id, direction, depth).map_err(lineage_error)
+    })
+    .await?;
     match query.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(walked).into_response()),
         "dot" => Ok(walked.to_dot().into_response()),
@@ -254,11 +267,21 @@ async fn impact(
         .depth
         .unwrap_or(LINEAGE_DEPTH_MAX)
         .min(LINEAGE_DEPTH_MAX);
-    Ok(Json(
-        node.lineage_graph()
-            .impact(&id, depth)
-            .map_err(lineage_error)?,
-    ))
+    let impact = blocking(move || {
+        let graph = node.lineage_graph();
+        let reached = graph
+            .reach_count(&id, Direction::Downstream, depth)
+            .map_err(lineage_error)?;
+        if reached > IMPACT_PRODUCTS_MAX {
+            return Err(bad_request(format!(
+                "{reached} products are downstream of {id} within {depth} hops, over the \
+                 {IMPACT_PRODUCTS_MAX} one answer holds: ask for fewer hops"
+            )));
+        }
+        graph.impact(&id, depth).map_err(lineage_error)
+    })
+    .await?;
+    Ok(Json(impact))
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,9 +295,7 @@ async fn trace(
     Query(query): Query<TraceQuery>,
 ) -> ApiResult<crate::trace::Trace> {
     let id = product_id(&id)?;
-    let traced = tokio::task::spawn_blocking(move || node.trace(&id, query.key.as_bytes()))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let traced = blocking(move || Ok(node.trace(&id, query.key.as_bytes())?)).await?;
     Ok(Json(traced))
 }
 
@@ -295,10 +316,10 @@ async fn health(
             .map_err(|e| bad_request(format!("invalid stale_after {text:?}: {e}")))?,
         None => std::time::Duration::from_secs(7 * 24 * 3600),
     };
-    let mut report = tokio::task::spawn_blocking(move || node.health(stale_after))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    report.lineage.truncate(query.limit.unwrap_or(100));
+    let mut report = blocking(move || Ok(node.health(stale_after))).await?;
+    let limit = query.limit.unwrap_or(100);
+    report.lineage.truncate(limit);
+    report.stale_owners.truncate(limit);
     Ok(Json(report))
 }
 

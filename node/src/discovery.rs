@@ -30,6 +30,12 @@ pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 pub const REPLY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Longest wait for the other side, per frame and to open a stream.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Most peers' queries answered at once; more are told the node is busy. A query over a large
+/// catalog takes a few milliseconds of one core and a scratch buffer per product.
+const SEARCHES_IN_FLIGHT_MAX: usize = 4;
+/// Most holders listed per hit: the owner, then announced consumers in key order. Anyone can
+/// announce that it consumes anything, so the list must not grow with them.
+pub const HOLDERS_MAX: usize = 16;
 
 /// What a node answers on `/mesh/search/1`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +68,8 @@ pub struct Discovery {
     announced: Mutex<HashMap<ProductId, Vec<ProductId>>>,
     /// The lineage graph of the catalog as last applied; built on first use after a change.
     graph: Mutex<Option<Arc<LineageGraph>>>,
+    /// Bounds the remote queries answered at once.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -79,14 +87,35 @@ impl Discovery {
             consumers: Mutex::new(HashMap::new()),
             announced: Mutex::new(HashMap::new()),
             graph: Mutex::new(None),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(SEARCHES_IN_FLIGHT_MAX)),
         })
     }
 
-    /// Takes in entries that are now the catalog's current ones.
-    pub fn apply(&self, entries: &[VerifiedCatalogEntry]) {
-        if let Err(e) = self.index.upsert_many(entries) {
+    /// Takes in the catalog's changes: `products` changed; their current entries are read
+    /// from `catalog`, not taken from the change feed, which can deliver two changes of one
+    /// product out of order.
+    pub fn apply_changes(&self, catalog: &Catalog, products: &[ProductId]) {
+        let current: Vec<VerifiedCatalogEntry> =
+            products.iter().filter_map(|p| catalog.get(p)).collect();
+        for entry in &current {
+            // One at a time: `upsert` defers tantivy's commit, `upsert_many` always commits.
+            if let Err(e) = self.index.upsert(entry) {
+                tracing::warn!("search index update failed: {e}");
+            }
+        }
+        self.apply_holders(&current);
+    }
+
+    /// Takes in the whole catalog, as at start or after the change feed lagged.
+    pub fn apply_all(&self, catalog: &Catalog) {
+        let entries = catalog.entries();
+        if let Err(e) = self.index.upsert_many(&entries) {
             tracing::warn!("search index update failed: {e}");
         }
+        self.apply_holders(&entries);
+    }
+
+    fn apply_holders(&self, entries: &[VerifiedCatalogEntry]) {
         *crate::node::lock(&self.graph) = None;
         let mut consumers = crate::node::lock(&self.consumers);
         let mut announced = crate::node::lock(&self.announced);
@@ -106,7 +135,8 @@ impl Discovery {
         }
     }
 
-    /// The product-level lineage graph of `catalog`, built once per catalog change.
+    /// The product-level lineage graph of `catalog`, built once per catalog change. Building
+    /// takes up to a second for 200k products: call it off the async runtime.
     pub fn lineage(&self, catalog: &Catalog) -> Arc<LineageGraph> {
         let mut graph = crate::node::lock(&self.graph);
         graph
@@ -118,13 +148,29 @@ impl Discovery {
     pub fn holders(&self, product: &ProductId) -> Vec<PublicKey> {
         let mut holders = vec![*product.owner()];
         if let Some(set) = crate::node::lock(&self.consumers).get(product) {
-            holders.extend(set.iter().filter(|k| *k != product.owner()));
+            holders.extend(
+                set.iter()
+                    .filter(|k| *k != product.owner())
+                    .take(HOLDERS_MAX - 1),
+            );
         }
         holders
     }
 
     /// Answers a query from the local index, with the holders of each hit.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, String> {
+        // Tags are stored lower-cased (descriptor rule), so `--tag PII` means `pii`.
+        let lowered;
+        let request = match &request.tag {
+            Some(tag) if tag.chars().any(char::is_uppercase) => {
+                lowered = SearchRequest {
+                    tag: Some(tag.to_lowercase()),
+                    ..request.clone()
+                };
+                &lowered
+            }
+            _ => request,
+        };
         let mut response = self.index.search(request).map_err(|e| e.to_string())?;
         for hit in &mut response.hits {
             if let Ok(product) = hit.product.parse::<ProductId>() {
@@ -144,11 +190,11 @@ pub async fn follow_catalog(
     shared: Arc<Shared>,
     mut changes: broadcast::Receiver<VerifiedCatalogEntry>,
 ) {
-    let rebuild = |shared: &Arc<Shared>| {
-        let entries = shared.catalog.entries();
-        shared.discovery.apply(&entries);
+    let rebuild = |shared: Arc<Shared>| async move {
+        let _ =
+            tokio::task::spawn_blocking(move || shared.discovery.apply_all(&shared.catalog)).await;
     };
-    rebuild(&shared);
+    rebuild(shared.clone()).await;
     loop {
         let first = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -156,18 +202,20 @@ pub async fn follow_catalog(
         };
         match first {
             Ok(entry) => {
-                // Take whatever else is queued, so a burst costs one index commit.
-                let mut batch = vec![entry];
+                // Take whatever else is queued, so a burst is one blocking task.
+                let mut batch = vec![entry.product().clone()];
                 while let Ok(more) = changes.try_recv() {
-                    batch.push(more);
+                    batch.push(more.product().clone());
                 }
+                batch.sort();
+                batch.dedup();
                 let shared = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || shared.discovery.apply(&batch)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    shared.discovery.apply_changes(&shared.catalog, &batch);
+                })
+                .await;
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                let shared = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || rebuild(&shared)).await;
-            }
+            Err(broadcast::error::RecvError::Lagged(_)) => rebuild(shared.clone()).await,
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
@@ -189,19 +237,35 @@ async fn serve_one(shared: &Arc<Shared>, mut stream: Stream) -> Result<(), Disco
         return Ok(());
     };
     let reply = match serde_json::from_slice::<SearchRequest>(&frame) {
-        Ok(request) => {
-            let shared = shared.clone();
-            tokio::task::spawn_blocking(move || shared.discovery.search(&request))
+        Ok(request) => match shared.discovery.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    shared.discovery.search(&request)
+                })
                 .await
                 .map_err(|e| DiscoveryError::Malformed(e.to_string()))?
                 .map_or_else(SearchReply::Error, SearchReply::Ok)
-        }
+            }
+            Err(_) => SearchReply::Error("busy: too many searches in flight, retry".into()),
+        },
         Err(e) => SearchReply::Error(format!("malformed search request: {e}")),
     };
     shared.metrics.searches_served.inc();
-    let bytes = serde_json::to_vec(&reply).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
-    codec::send_frame(&mut stream, &bytes)
+    let mut bytes =
+        serde_json::to_vec(&reply).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+    if bytes.len() > REPLY_BYTES_MAX {
+        let reason = format!(
+            "the answer is {} bytes, over the {REPLY_BYTES_MAX} one reply holds: ask for fewer hits",
+            bytes.len()
+        );
+        bytes = serde_json::to_vec(&SearchReply::Error(reason))
+            .map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+    }
+    tokio::time::timeout(TIMEOUT, codec::send_frame(&mut stream, &bytes))
         .await
+        .map_err(|_| FrameError::Timeout(TIMEOUT))?
         .map_err(FrameError::from)?;
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
     Ok(())

@@ -666,10 +666,10 @@ fn trace_text(t: &mesh_node::trace::Trace) -> String {
     for s in &t.steps {
         out.push_str(&format!(
             "{}{} #{} {}  {}",
-            "  ".repeat(s.depth as usize + 1),
+            "  ".repeat(s.depth.min(32) as usize + 1),
             s.product,
             s.seq,
-            &s.id[..12.min(s.id.len())],
+            s.id.get(..12).unwrap_or(&s.id),
             s.status
         ));
         if let Some(e) = &s.event {

@@ -635,7 +635,15 @@ impl NodeHandle {
             .collect();
         consumes.sort();
         consumes.dedup();
-        consumes.truncate(self.shared.protocol.consumes_max);
+        let max = self.shared.protocol.consumes_max;
+        if consumes.len() > max {
+            tracing::warn!(
+                product = %descriptor.name,
+                subscriptions = consumes.len(),
+                "more subscriptions than one entry announces ({max}); the rest go unannounced"
+            );
+            consumes.truncate(max);
+        }
         Ok(consumes)
     }
 
@@ -651,21 +659,26 @@ impl NodeHandle {
 
     /// Re-announces what each own product consumes where it changed (after a subscription,
     /// an unsubscription, or an event citing a product not cited before).
-    async fn refresh_consumption(&self) -> Result<(), NodeError> {
+    ///
+    /// Never fails the operation that triggered it, which has already taken effect: a product
+    /// whose new entry cannot be made (e.g. its descriptor plus the list is over the entry size
+    /// limit) keeps its previous announcement, and the problem is logged.
+    async fn refresh_consumption(&self) {
         let _one_at_a_time = self.shared.publishing.lock().await;
-        let own = self.own_entries();
-        for entry in own {
-            let consumes = self.consumes(&entry.entry().descriptor)?;
-            if consumes != entry.entry().consumes {
-                self.publish_entry(
-                    entry.product().clone(),
-                    entry.entry().descriptor.clone(),
-                    consumes,
-                )
-                .await?;
+        for entry in self.own_entries() {
+            let product = entry.product().clone();
+            let result = match self.consumes(&entry.entry().descriptor) {
+                Ok(consumes) if consumes == entry.entry().consumes => Ok(()),
+                Ok(consumes) => self
+                    .publish_entry(product.clone(), entry.entry().descriptor.clone(), consumes)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(product = %product.short(), "cannot announce what it consumes: {e}");
             }
         }
-        Ok(())
     }
 
     /// Traces the latest event of `key` in `product` back through the events it cites.
@@ -751,7 +764,7 @@ impl NodeHandle {
             .append(product.clone(), op, key, payload, causes)
             .await?;
         if newly_cited {
-            self.refresh_consumption().await?;
+            self.refresh_consumption().await;
         }
         Ok(receipt)
     }
@@ -769,7 +782,8 @@ impl NodeHandle {
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))??;
         self.follow(product.clone());
-        self.refresh_consumption().await
+        self.refresh_consumption().await;
+        Ok(())
     }
 
     /// Stops following a product. What was received stays.
@@ -778,7 +792,8 @@ impl NodeHandle {
             cancel.cancel();
         }
         self.shared.store.subscription_remove(product)?;
-        self.refresh_consumption().await
+        self.refresh_consumption().await;
+        Ok(())
     }
 
     fn follow(&self, product: ProductId) {

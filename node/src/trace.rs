@@ -9,7 +9,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use mesh_protocol::{EventRef, ProductId, SignedEvent, VerifiedEvent};
+use mesh_protocol::{EventId, EventRef, ProductId, SignedEvent, VerifiedEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::node::{EventView, NodeError, Shared, event_view};
@@ -67,11 +67,12 @@ pub fn trace(shared: &Shared, product: &ProductId, key: &[u8]) -> Result<Trace, 
     let mut steps = Vec::new();
     let mut sources = Vec::new();
     let mut unavailable = 0;
-    let mut seen: HashSet<(ProductId, u64)> = HashSet::new();
+    // By id too: two citations of one position with different ids are a fork to show.
+    let mut seen: HashSet<(ProductId, u64, EventId)> = HashSet::new();
     let mut queue: VecDeque<(EventRef, u32)> = VecDeque::from([(latest.to_ref(), 0)]);
     let mut truncated = false;
     while let Some((cited, depth)) = queue.pop_front() {
-        if !seen.insert((cited.product.clone(), cited.seq)) {
+        if !seen.insert((cited.product.clone(), cited.seq, cited.id)) {
             continue;
         }
         if steps.len() == TRACE_EVENTS_MAX {

@@ -148,7 +148,8 @@ async fn a_product_published_at_one_node_is_found_by_asking_another() {
 
     let revenue = c
         .search(&SearchRequest {
-            tag: Some("revenue".to_owned()),
+            // Tags are stored lower-cased; a filter in capitals finds them too.
+            tag: Some("Revenue".to_owned()),
             ..query("")
         })
         .unwrap();

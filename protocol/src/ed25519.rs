@@ -297,6 +297,43 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A batch passes exactly when every signature in it passes alone, for any mix of
+        /// good signatures, flipped bits, and signatures by the wrong key or of the wrong
+        /// message, from one or several keys.
+        #[test]
+        fn a_batch_agrees_with_its_signatures_alone(
+            plan in proptest::collection::vec((0u8..3, 0u8..4, proptest::option::of(0usize..512)), 1..12)
+        ) {
+            let keys: Vec<SigningKey> = (1..=3u8).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+            let points: Vec<VerifyingPoint> = keys.iter().map(point).collect();
+            let messages: Vec<Vec<u8>> = (0..plan.len()).map(|i| vec![i as u8; 40]).collect();
+            let signatures: Vec<Signature> = plan
+                .iter()
+                .zip(&messages)
+                .map(|((signer, _, flip), message)| {
+                    let mut bytes = keys[*signer as usize].sign(message).to_bytes();
+                    if let Some(bit) = flip {
+                        bytes[bit / 8] ^= 1 << (bit % 8);
+                    }
+                    Signature::from_bytes(&bytes)
+                })
+                .collect();
+            let items: Vec<(&VerifyingPoint, &[u8], &Signature)> = plan
+                .iter()
+                .zip(&messages)
+                .zip(&signatures)
+                .map(|(((signer, claimed, _), message), signature)| {
+                    // Claimed by the signer (3), or by key `claimed`, which may be another.
+                    let key = if *claimed == 3 { *signer } else { *claimed };
+                    (&points[key as usize], message.as_slice(), signature)
+                })
+                .collect();
+            let alone = items.iter().all(|(k, m, s)| verify(k, m, s));
+            proptest::prop_assert_eq!(verify_batch(&items), alone);
+        }
+    }
+
     #[test]
     fn weak_and_off_curve_keys_are_refused() {
         for torsion in EIGHT_TORSION.iter() {
