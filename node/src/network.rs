@@ -6,9 +6,9 @@
 //! as a command, and log and catalog streams run in their own tasks through a
 //! `libp2p_stream::Control`, so bulk data never passes through the loop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -31,6 +31,8 @@ const VALIDATIONS_MAX: usize = 64;
 const UNSENT_MAX: usize = 1024;
 /// How often Kademlia looks for more peers.
 const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
+/// Least time between two dials of one peer that Kademlia reported.
+const REDIAL_AFTER: Duration = Duration::from_secs(30);
 
 /// What the rest of the node asks of the swarm.
 #[derive(Debug)]
@@ -64,6 +66,8 @@ pub(crate) struct EventLoop {
     /// Gossiped entries being checked at once, at most.
     validations: Arc<tokio::sync::Semaphore>,
     bootstrapped: bool,
+    /// Peers dialled because Kademlia found them, and when: not again before `REDIAL_AFTER`.
+    recent_dials: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -81,6 +85,7 @@ impl EventLoop {
             unsent: Vec::new(),
             validations: Arc::new(tokio::sync::Semaphore::new(VALIDATIONS_MAX)),
             bootstrapped: false,
+            recent_dials: HashMap::new(),
         }
     }
 
@@ -210,12 +215,21 @@ impl EventLoop {
                 ..
             })) => {
                 // Kademlia found a peer: connect, so that one bootstrap address is enough to
-                // reach the whole mesh.
-                let below_limit = self.connected.len() < self.shared.config.peers_max;
-                if below_limit
+                // reach the whole mesh. Only up to half the connection limit, leaving the rest
+                // for peers that dial us, and at most once per peer per `REDIAL_AFTER`:
+                // Kademlia reports a peer again and again, and a peer at its own limit
+                // refuses only after the noise handshake, so dialling on every report turned
+                // into a storm of handshakes in a 100-node simulation (SIMULATIONS.md).
+                let dial_target = (self.shared.config.peers_max / 2).max(1);
+                let now = Instant::now();
+                self.recent_dials
+                    .retain(|_, at| now.duration_since(*at) < REDIAL_AFTER);
+                if self.connected.len() < dial_target
                     && !self.connected.contains(&peer)
                     && peer != *self.swarm.local_peer_id()
+                    && !self.recent_dials.contains_key(&peer)
                 {
+                    self.recent_dials.insert(peer, now);
                     let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                         .addresses(addresses.into_vec())
                         .build();
