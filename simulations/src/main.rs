@@ -1,19 +1,190 @@
-//! `meshsim`: seeded simulations of many data mesh nodes.
+//! `meshsim`: seeded simulations of a data mesh.
 //!
-//! The scenario runner arrives with the node; today the binary only describes itself.
+//! `meshsim run SCENARIO.toml` runs real nodes in this process and writes a report (JSON,
+//! Markdown, SVG plots); `meshsim model MODEL.toml` runs the protocol core on a virtual clock;
+//! `meshsim plan SCENARIO.toml` prints the seeded plan without running it.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mesh_sim::Scenario;
+use mesh_sim::model::{self, ModelScenario};
+use mesh_sim::plan::Plan;
+use mesh_sim::scenario::Stack;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "meshsim",
-    version,
-    about = "Seeded simulations of many data mesh nodes (scenario runner not built yet)"
-)]
-struct Cli {}
+#[command(name = "meshsim", version, about = "Seeded simulations of a data mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("meshsim: no scenario runner yet; see `meshsim --help`");
-    std::process::exit(2);
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run real nodes (the node crate's code over an in-process network) through a scenario.
+    Run {
+        scenario: PathBuf,
+        /// Seed of the plan (topology, workload, faults); default: the scenario's.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write report.json, report.md and the plots; default results/NAME-SEED.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Run the scenario's catalog workload on another stack (e.g. stock-gossipsub).
+        #[arg(long, value_parser = parse_stack)]
+        stack: Option<Stack>,
+        /// Override the scenario's node count.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run the protocol core alone on a virtual clock (thousands of nodes, invariants checked
+    /// after every step).
+    Model {
+        scenario: PathBuf,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Where to write model.json.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a scenario's seeded plan (topology and schedule) without running it.
+    Plan {
+        scenario: PathBuf,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+fn parse_stack(s: &str) -> Result<Stack, String> {
+    match s {
+        "mesh" => Ok(Stack::Mesh),
+        "stock-gossipsub" => Ok(Stack::StockGossipsub),
+        other => Err(format!("unknown stack {other:?}: mesh or stock-gossipsub")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match execute(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("meshsim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Run {
+            scenario,
+            seed,
+            out,
+            stack,
+            nodes,
+            quiet,
+        } => {
+            let mut s = Scenario::load(&scenario)?;
+            if let Some(stack) = stack {
+                s.stack = stack;
+                if stack == Stack::StockGossipsub {
+                    // Stock gossipsub runs the catalog workload; faults other than link ones
+                    // need the node.
+                    s.faults
+                        .retain(|f| matches!(f, mesh_sim::scenario::Fault::Link { .. }));
+                }
+            }
+            if let Some(n) = nodes {
+                s.nodes = n;
+            }
+            let seed = seed.unwrap_or(s.seed);
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("results").join(format!("{}-{}-{seed}", s.name, s.stack.label()))
+            });
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let outcome = runtime.block_on(mesh_sim::run(&s, seed, !quiet))?;
+            outcome.report.write(&out, &outcome.samples)?;
+            for c in &outcome.report.checks {
+                println!(
+                    "{} {}: {}",
+                    if c.passed { "PASS" } else { "FAIL" },
+                    c.name,
+                    c.detail
+                );
+            }
+            println!("report: {}", out.join("report.md").display());
+            let passed = outcome.report.passed();
+            if !passed {
+                eprintln!("meshsim: a check failed; replay with --seed {seed}");
+            }
+            // Nodes were stopped; do not wait for stray blocking tasks.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            Ok(passed)
+        }
+        Command::Model {
+            scenario,
+            seed,
+            nodes,
+            out,
+        } => {
+            let mut s = ModelScenario::load(&scenario)?;
+            if let Some(n) = nodes {
+                s.nodes = n;
+            }
+            let seed = seed.unwrap_or(s.seed);
+            match model::run(&s, seed) {
+                Ok(report) => {
+                    let json = serde_json::to_string_pretty(&report)?;
+                    println!("{json}");
+                    if let Some(out) = out {
+                        std::fs::create_dir_all(&out)?;
+                        std::fs::write(out.join("model.json"), &json)?;
+                    }
+                    let converged = report.converged_after_end_ms.is_some();
+                    if !converged {
+                        eprintln!("meshsim: the model did not converge; replay with --seed {seed}");
+                    }
+                    Ok(converged)
+                }
+                Err(v) => {
+                    eprintln!(
+                        "meshsim: {v}; replay with `meshsim model {} --seed {seed}`",
+                        scenario.display()
+                    );
+                    Ok(false)
+                }
+            }
+        }
+        Command::Plan { scenario, seed } => {
+            let s = Scenario::load(&scenario)?;
+            let plan = Plan::new(&s, seed.unwrap_or(s.seed));
+            println!("plan {} (seed {})", plan.fingerprint(), plan.seed);
+            println!("links: {:?}", plan.edges);
+            for a in plan.actions.iter().filter(|a| a.what.is_fault()) {
+                println!("{:>8.3} s  {:?}", a.at.as_secs_f64(), a.what);
+            }
+            println!(
+                "{} appends, {} catalog updates",
+                plan.count(|w| matches!(w, mesh_sim::plan::What::Append { .. })),
+                plan.count(|w| matches!(w, mesh_sim::plan::What::Update { .. }))
+            );
+            Ok(true)
+        }
+    }
 }

@@ -1,0 +1,303 @@
+//! Recording what happens during a run, and turning the records into the report's figures.
+//! Shared by the mesh runner and the stock-gossipsub baseline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::net::SimNet;
+use crate::report::{Convergence, Percentiles};
+use crate::tap::Proto;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A catalog entry published: product index, revision, when.
+#[derive(Clone, Copy, Debug)]
+pub struct Publish {
+    pub product: usize,
+    pub revision: u64,
+    pub at: Instant,
+    pub initial: bool,
+}
+
+/// A catalog entry (or a newer revision) arriving at a node.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub node: usize,
+    pub product: usize,
+    pub revision: u64,
+    pub at: Instant,
+}
+
+/// A change event committed at a subscriber.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery {
+    pub node: usize,
+    pub product: usize,
+    pub latency_ms: f64,
+    pub at: Instant,
+}
+
+/// Everything the watchers record while a run goes.
+#[derive(Debug)]
+pub struct Recorder {
+    pub publishes: Mutex<Vec<Publish>>,
+    pub arrivals: Mutex<Vec<Arrival>>,
+    pub deliveries: Mutex<Vec<Delivery>>,
+    pub duplicates_applied: AtomicU64,
+    pub samples_missed: AtomicU64,
+    /// Highest revision of each product each node is known to hold: `[node][product]`.
+    max_revision: Vec<Mutex<Vec<u64>>>,
+    /// Nodes whose catalog watcher missed notifications: re-read their catalog.
+    pub needs_resync: Vec<AtomicBool>,
+    /// Latest revision published of each product.
+    pub latest_revision: Mutex<Vec<u64>>,
+}
+
+impl Recorder {
+    pub fn new(nodes: usize, products: usize) -> Self {
+        Self {
+            publishes: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
+            deliveries: Mutex::new(Vec::new()),
+            duplicates_applied: AtomicU64::new(0),
+            samples_missed: AtomicU64::new(0),
+            max_revision: (0..nodes).map(|_| Mutex::new(vec![0; products])).collect(),
+            needs_resync: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            latest_revision: Mutex::new(vec![0; products]),
+        }
+    }
+
+    pub fn published(&self, product: usize, revision: u64, at: Instant, initial: bool) {
+        lock(&self.publishes).push(Publish {
+            product,
+            revision,
+            at,
+            initial,
+        });
+        let mut latest = lock(&self.latest_revision);
+        latest[product] = latest[product].max(revision);
+    }
+
+    pub fn arrived(&self, node: usize, product: usize, revision: u64, at: Instant) {
+        self.hold(node, product, revision);
+        lock(&self.arrivals).push(Arrival {
+            node,
+            product,
+            revision,
+            at,
+        });
+    }
+
+    /// Records that `node` holds `revision` of `product` (without a time).
+    pub fn hold(&self, node: usize, product: usize, revision: u64) {
+        let mut held = lock(&self.max_revision[node]);
+        held[product] = held[product].max(revision);
+    }
+
+    pub fn delivered(&self, node: usize, product: usize, latency_ms: f64, at: Instant) {
+        lock(&self.deliveries).push(Delivery {
+            node,
+            product,
+            latency_ms,
+            at,
+        });
+    }
+
+    /// Whether `node` holds at least `targets[p]` of every product.
+    pub fn holds_all(&self, node: usize, targets: &[u64]) -> bool {
+        let held = lock(&self.max_revision[node]);
+        held.iter().zip(targets).all(|(h, t)| h >= t)
+    }
+
+    pub fn latest(&self) -> Vec<u64> {
+        lock(&self.latest_revision).clone()
+    }
+}
+
+/// Catalog convergence of the publishes `filter` selects, over the nodes `counted`.
+/// Returns the figures, the per-delivery latencies and the per-entry times to 100%.
+pub fn convergence(
+    rec: &Recorder,
+    counted: &[usize],
+    owner_of: impl Fn(usize) -> Option<usize>,
+    filter: impl Fn(&Publish) -> bool,
+) -> (Convergence, Vec<f64>, Vec<f64>) {
+    let publishes: Vec<Publish> = lock(&rec.publishes)
+        .iter()
+        .filter(|p| filter(p))
+        .copied()
+        .collect();
+    let mut by_pair: HashMap<(usize, usize), Vec<(u64, Instant)>> = HashMap::new();
+    for a in lock(&rec.arrivals).iter() {
+        by_pair
+            .entry((a.node, a.product))
+            .or_default()
+            .push((a.revision, a.at));
+    }
+    for list in by_pair.values_mut() {
+        list.sort_by_key(|(_, at)| *at);
+    }
+    let mut c = Convergence {
+        entries: publishes.len(),
+        ..Convergence::default()
+    };
+    let (mut d50, mut d90, mut d99, mut d100) = (vec![], vec![], vec![], vec![]);
+    let mut delivery = Vec::new();
+    for p in &publishes {
+        let owner = owner_of(p.product);
+        let mut latencies = Vec::new();
+        let mut others = 0usize;
+        for &node in counted {
+            if Some(node) == owner {
+                continue;
+            }
+            others += 1;
+            let arrived = by_pair.get(&(node, p.product)).and_then(|list| {
+                list.iter()
+                    .find(|(rev, at)| *rev >= p.revision && *at >= p.at)
+                    .or_else(|| list.iter().find(|(rev, _)| *rev >= p.revision))
+            });
+            match arrived {
+                Some((_, at)) => {
+                    let ms = at.saturating_duration_since(p.at).as_secs_f64() * 1000.0;
+                    latencies.push(ms);
+                }
+                None => c.missing += 1,
+            }
+        }
+        c.deliveries += latencies.len() as u64;
+        delivery.extend(&latencies);
+        latencies.sort_by(f64::total_cmp);
+        for (share, out) in [
+            (0.5, &mut d50),
+            (0.9, &mut d90),
+            (0.99, &mut d99),
+            (1.0, &mut d100),
+        ] {
+            let needed = ((others as f64 * share).ceil() as usize).max(1);
+            if let Some(&v) = latencies.get(needed - 1) {
+                out.push(v);
+            }
+        }
+        if latencies.len() < others {
+            c.never_complete += 1;
+        }
+    }
+    c.to_50pct_ms = Percentiles::of_ms(&d50);
+    c.to_90pct_ms = Percentiles::of_ms(&d90);
+    c.to_99pct_ms = Percentiles::of_ms(&d99);
+    c.to_100pct_ms = Percentiles::of_ms(&d100);
+    c.delivery_ms = Percentiles::of_ms(&delivery);
+    (c, delivery, d100)
+}
+
+/// Catalog arrivals at nodes other than the publisher's within `[from, to]`.
+pub fn arrivals_between(
+    rec: &Recorder,
+    from: Instant,
+    to: Instant,
+    owner_of: impl Fn(usize) -> Option<usize>,
+) -> u64 {
+    lock(&rec.arrivals)
+        .iter()
+        .filter(|a| a.at >= from && a.at <= to && owner_of(a.product) != Some(a.node))
+        .count() as u64
+}
+
+/// A snapshot of the counters of every endpoint of a network.
+#[derive(Clone, Debug, Default)]
+pub struct NetSnapshot {
+    pub wire_sent: Vec<u64>,
+    pub copies: Vec<u64>,
+    pub ihave: Vec<u64>,
+    pub iwant: Vec<u64>,
+    pub idontwant: Vec<u64>,
+    pub undecodable: Vec<u64>,
+    pub sent_by_proto: Vec<BTreeMap<String, u64>>,
+}
+
+impl NetSnapshot {
+    pub fn take(net: &SimNet) -> Self {
+        let mut s = Self::default();
+        for i in 0..net.endpoints() {
+            let w = net.wire(i);
+            let t = net.tap(i);
+            s.wire_sent.push(w.sent_bytes.load(Ordering::Relaxed));
+            s.copies.push(t.copies());
+            s.ihave.push(t.ihave_ids_received.load(Ordering::Relaxed));
+            s.iwant.push(t.iwant_ids_received.load(Ordering::Relaxed));
+            s.idontwant
+                .push(t.idontwant_ids_received.load(Ordering::Relaxed));
+            s.undecodable
+                .push(t.undecodable_rpcs.load(Ordering::Relaxed));
+            let mut by = BTreeMap::new();
+            for p in Proto::ALL {
+                let v = t.sent(p);
+                if v > 0 {
+                    by.insert(p.label().to_owned(), v);
+                }
+            }
+            let yamux = t.yamux_overhead_sent.load(Ordering::Relaxed);
+            if yamux > 0 {
+                by.insert("yamux framing".to_owned(), yamux);
+            }
+            s.sent_by_proto.push(by);
+        }
+        s
+    }
+
+    /// Sum over the first `n` endpoints of `f` in `later` minus in `self`.
+    pub fn delta(&self, later: &Self, n: usize, f: impl Fn(&Self) -> &Vec<u64>) -> u64 {
+        (0..n).map(|i| f(later)[i].saturating_sub(f(self)[i])).sum()
+    }
+
+    pub fn proto_delta(&self, later: &Self, n: usize, label: &str) -> u64 {
+        (0..n)
+            .map(|i| {
+                later.sent_by_proto[i]
+                    .get(label)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(self.sent_by_proto[i].get(label).copied().unwrap_or(0))
+            })
+            .sum()
+    }
+}
+
+/// Resident set size of this process in MiB (Linux), 0 where unknown.
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * 4096.0 / 1048576.0)
+}
+
+/// Counters of a node's Prometheus metrics: `(name, reason label, value)`.
+pub fn scrape(metrics: &std::sync::Arc<mesh_node::metrics::Metrics>) -> Vec<(String, String, f64)> {
+    let registry = metrics.registry();
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+        return Vec::new();
+    }
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name_labels, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            let (name, labels) = match name_labels.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (name_labels, ""),
+            };
+            let reason = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("reason="))
+                .map(|r| r.trim_matches('"').to_owned())
+                .unwrap_or_default();
+            Some((name.to_owned(), reason, value))
+        })
+        .collect()
+}
