@@ -406,7 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out.push_str(&format!(
                         "{:>6}  {}  {:<6} {:<16} {}  [{}]\n",
                         e["seq"],
-                        &id[..id.len().min(12)],
+                        id.get(..12).unwrap_or(id),
                         e["op"].as_str().unwrap_or(""),
                         e["key"].as_str().unwrap_or(""),
                         e["payload"],
