@@ -11,6 +11,9 @@ use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use serde::{Deserialize, Serialize};
 
+/// Largest `gossip_degree`: beyond it, gossip only multiplies copies.
+pub const GOSSIP_DEGREE_MAX: usize = 32;
+
 /// Everything a node needs to run, apart from its identity key (kept in the store).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,6 +42,14 @@ pub struct NodeConfig {
     pub subscription_retry: Duration,
     /// Most established connections (at most two per peer); further ones are refused. Default 64.
     pub peers_max: usize,
+    /// Peers Kademlia finds are dialled while fewer than this many are connected. Default 8,
+    /// a little more than the gossip mesh keeps (connections outside it close when idle).
+    /// At most `peers_max`.
+    pub peers_wanted: usize,
+    /// Catalog gossip mesh degree (gossipsub's `D`): each entry is forwarded to about this many
+    /// peers, so each node receives about this many copies less one. Default 4; the mesh is
+    /// kept between `D - 1` and `D + D/2` peers. At least 2.
+    pub gossip_degree: usize,
     /// Most log streams this node serves at once. Default 256.
     pub served_streams_max: usize,
     /// Most events appended by one group commit. Default 1024.
@@ -61,6 +72,8 @@ impl Default for NodeConfig {
             catalog_sync_interval: Duration::from_secs(10),
             subscription_retry: Duration::from_millis(500),
             peers_max: 64,
+            peers_wanted: 8,
+            gossip_degree: 4,
             served_streams_max: 256,
             commit_batch_max: 1024,
         }
@@ -72,7 +85,32 @@ impl NodeConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let config: Self =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks the settings that depend on each other.
+    pub fn check(&self) -> Result<(), String> {
+        if self.peers_max == 0 {
+            return Err("peers_max must be at least 1".into());
+        }
+        if self.peers_wanted == 0 || self.peers_wanted > self.peers_max {
+            return Err(format!(
+                "peers_wanted must be between 1 and peers_max ({}), not {}",
+                self.peers_max, self.peers_wanted
+            ));
+        }
+        if !(2..=GOSSIP_DEGREE_MAX).contains(&self.gossip_degree) {
+            return Err(format!(
+                "gossip_degree must be between 2 and {GOSSIP_DEGREE_MAX}, not {}",
+                self.gossip_degree
+            ));
+        }
+        Ok(())
     }
 
     /// The file `meshnode init` writes: every setting with its default and what it does.
@@ -113,6 +151,10 @@ subscription_retry = "{retry}"
 
 # Most connections; most log streams served at once; most events per group commit.
 peers_max = {peers_max}
+# Dial peers found by Kademlia while fewer than this many are connected.
+peers_wanted = {peers_wanted}
+# Catalog gossip mesh degree: peers each entry is forwarded to (received copies ~ this - 1).
+gossip_degree = {gossip_degree}
 served_streams_max = {served}
 commit_batch_max = {batch}
 "#,
@@ -123,6 +165,8 @@ commit_batch_max = {batch}
             sync = humantime::format_duration(self.catalog_sync_interval),
             retry = humantime::format_duration(self.subscription_retry),
             peers_max = self.peers_max,
+            peers_wanted = self.peers_wanted,
+            gossip_degree = self.gossip_degree,
             served = self.served_streams_max,
             batch = self.commit_batch_max,
         )
@@ -141,6 +185,26 @@ mod tests {
         };
         let parsed: NodeConfig = toml::from_str(&config.commented_toml()).unwrap();
         assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn settings_that_contradict_each_other_are_refused() {
+        assert_eq!(NodeConfig::default().check(), Ok(()));
+        let wanted_beyond_max = NodeConfig {
+            peers_max: 4,
+            peers_wanted: 5,
+            ..NodeConfig::default()
+        };
+        let err = wanted_beyond_max.check().unwrap_err();
+        assert!(err.contains("peers_wanted") && err.contains('4'), "{err}");
+        for degree in [0, 1, GOSSIP_DEGREE_MAX + 1] {
+            let config = NodeConfig {
+                gossip_degree: degree,
+                ..NodeConfig::default()
+            };
+            let err = config.check().unwrap_err();
+            assert!(err.contains("gossip_degree"), "{err}");
+        }
     }
 
     #[test]

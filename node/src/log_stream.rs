@@ -131,6 +131,7 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
         .subscribe_live(&product)
         .map_err(|e| StreamError::Store(e.to_string()))?;
     let _served = ServedGuard::new(shared);
+    let _kept = shared.log_stream_with(peer);
     tracing::info!(peer = %short(&peer), product = %product.short(), from = request.from_seq, "serving log");
     codec::send_frame(
         &mut writer,
@@ -307,6 +308,11 @@ pub async fn follow(
     let mut owner_refused: Option<Instant> = None;
     'rounds: loop {
         peer_joined.mark_unchanged();
+        if let Some(owner) = owner {
+            // Kademlia's routing table holds only some peers: an owner we never met has no
+            // known address until a lookup finds it.
+            shared.find_peer(owner);
+        }
         let mut progressed = false;
         for peer in sources(&shared, &product) {
             if cancel.is_cancelled() {
@@ -412,6 +418,7 @@ async fn follow_from(
         return Err(StreamError::Refused(r));
     }
     tracing::info!(peer = %short(&peer), product = %product.short(), source_head = response.head_seq, held, "following");
+    let _kept = shared.log_stream_with(peer);
     let mut source_head = response.head_seq;
     shared.set_source(product, peer, source_head);
     shared.hub.set_lag(product, source_head);
@@ -450,8 +457,12 @@ async fn follow_from(
             Next::Frame(Some(frame)) => frame,
             Next::Frame(None) => return Ok(()),
             Next::LookForOwner => {
-                if owner.is_some_and(|o| shared.connected_peers().contains(&o)) {
-                    return Err(StreamError::SwitchToOwner);
+                if let Some(o) = owner {
+                    if shared.connected_peers().contains(&o) {
+                        return Err(StreamError::SwitchToOwner);
+                    }
+                    // After a partition heals nothing reconnects us to the owner by itself.
+                    shared.find_peer(o);
                 }
                 continue;
             }

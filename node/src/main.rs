@@ -285,7 +285,9 @@ fn main() -> ExitCode {
         } else {
             "warn"
         };
-        tracing_subscriber::EnvFilter::new(level)
+        // gossipsub logs an ERROR for every message that races a closing connection, which
+        // closing unneeded connections (`peers_wanted`) makes routine.
+        tracing_subscriber::EnvFilter::new(format!("{level},libp2p_gossipsub::behaviour=off"))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -20,6 +20,7 @@ pub struct ProductLabel {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub peers_connected: Gauge,
+    pub connections_trimmed: Counter,
     pub catalog_entries: Gauge,
     pub catalog_received: Counter,
     pub catalog_rejected: Family<ReasonLabel, Counter>,
@@ -42,6 +43,11 @@ impl Metrics {
             "peers_connected",
             "Connected peers",
             self.peers_connected.clone(),
+        );
+        r.register(
+            "connections_trimmed",
+            "Connections closed because nothing needed them (beyond peers_wanted)",
+            self.connections_trimmed.clone(),
         );
         r.register(
             "catalog_entries",

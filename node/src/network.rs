@@ -16,7 +16,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
-use rand::seq::IteratorRandom;
+use rand::seq::{IteratorRandom, SliceRandom};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, CATALOG_TOPIC};
@@ -29,10 +29,139 @@ pub const COMMAND_QUEUE: usize = 1024;
 const VALIDATIONS_MAX: usize = 64;
 /// Most entries held back while no peer has the catalog topic; anti-entropy covers the rest.
 const UNSENT_MAX: usize = 1024;
-/// How often Kademlia looks for more peers.
+/// How often the node checks whether it needs more peers (and then asks Kademlia for them).
 const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
+/// Kademlia refreshes its routing table this often even when the node has peers enough.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(600);
+/// A connection is kept at least this long before it may be closed as unneeded.
+const CONNECTION_GRACE: Duration = Duration::from_secs(10);
 /// Least time between two dials of one peer that Kademlia reported.
 const REDIAL_AFTER: Duration = Duration::from_secs(30);
+
+/// When a node looks for peers and which found peers it dials. Public so that the simulator's
+/// stock-gossipsub baseline finds peers by the same rule.
+///
+/// A Kademlia bootstrap asks a few dozen peers and connects to each, and connections outside
+/// the gossip mesh close when idle: bootstrapping on a timer, or dialling every peer Kademlia
+/// reports up to the connection limit, kept 100 simulated nodes at their limits with ~100,000
+/// handshakes in three minutes (SIMULATIONS.md). So: look for peers only while short of
+/// `wanted`, dial found peers only then, each at most once per `REDIAL_AFTER`, and refresh the
+/// routing table rarely.
+#[derive(Debug)]
+pub struct PeerDiscovery {
+    wanted: usize,
+    /// Peers dialled because Kademlia found them, and when.
+    recent_dials: HashMap<PeerId, Instant>,
+    last_bootstrap: Option<Instant>,
+}
+
+impl PeerDiscovery {
+    pub fn new(wanted: usize) -> Self {
+        Self {
+            wanted: wanted.max(1),
+            recent_dials: HashMap::new(),
+            last_bootstrap: None,
+        }
+    }
+
+    /// Whether to dial `peer`, just reported by Kademlia, with `connected` peers now
+    /// (`already_connected`: one of them is `peer`). Records the dial when the answer is yes.
+    pub fn should_dial(
+        &mut self,
+        peer: PeerId,
+        local: PeerId,
+        connected: usize,
+        already_connected: bool,
+        now: Instant,
+    ) -> bool {
+        self.recent_dials
+            .retain(|_, at| now.duration_since(*at) < REDIAL_AFTER);
+        let dial = connected < self.wanted
+            && !already_connected
+            && peer != local
+            && !self.recent_dials.contains_key(&peer);
+        if dial {
+            self.recent_dials.insert(peer, now);
+        }
+        dial
+    }
+
+    /// Whether to look for peers now (a Kademlia lookup of our own id; called every 30 s and
+    /// on the first connection): when connected but short of peers, or for the rare refresh.
+    /// Records the lookup when the answer is yes.
+    pub fn should_bootstrap(&mut self, connected: usize, now: Instant) -> bool {
+        let due = match self.last_bootstrap {
+            None => true,
+            Some(at) => connected < self.wanted || now.duration_since(at) >= REFRESH_INTERVAL,
+        };
+        let run = connected > 0 && due;
+        if run {
+            self.last_bootstrap = Some(now);
+        }
+        run
+    }
+
+    /// Peers to dial now to get back to `wanted` connections: up to the shortfall, at random
+    /// among `known` (Kademlia's routing table) that are not connected and were not dialled
+    /// in the last `REDIAL_AFTER`. Records the dials. Cheaper than a bootstrap, which asks
+    /// a few dozen peers over as many new connections.
+    pub fn refill(
+        &mut self,
+        mut known: Vec<PeerId>,
+        connected: &HashMap<PeerId, Instant>,
+        now: Instant,
+    ) -> Vec<PeerId> {
+        let short = self.wanted.saturating_sub(connected.len());
+        if short == 0 {
+            return Vec::new();
+        }
+        self.recent_dials
+            .retain(|_, at| now.duration_since(*at) < REDIAL_AFTER);
+        known.retain(|p| !connected.contains_key(p) && !self.recent_dials.contains_key(p));
+        known.shuffle(&mut rand::rng());
+        known.truncate(short);
+        for peer in &known {
+            self.recent_dials.insert(*peer, now);
+        }
+        known
+    }
+
+    /// How often to call [`PeerDiscovery::should_bootstrap`].
+    pub const TICK: Duration = BOOTSTRAP_INTERVAL;
+}
+
+/// How often to close unneeded connections (see [`unneeded`]).
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The connections to close so that no more than `wanted` remain, as far as possible: those
+/// not `needed` and older than `CONNECTION_GRACE` (10 s), oldest first. `connected` maps each
+/// connected peer to when it connected. Past three quarters of `max`, young connections go
+/// too: a node at its limit refuses everyone, the owners and subscribers it needs included.
+pub fn unneeded(
+    connected: &HashMap<PeerId, Instant>,
+    needed: &HashSet<PeerId>,
+    wanted: usize,
+    max: usize,
+    now: Instant,
+) -> Vec<PeerId> {
+    let excess = connected.len().saturating_sub(wanted);
+    if excess == 0 {
+        return Vec::new();
+    }
+    let crowded = connected.len() * 4 > max * 3;
+    let mut idle: Vec<(Instant, PeerId)> = connected
+        .iter()
+        .filter(|(peer, since)| {
+            !needed.contains(*peer) && (crowded || now.duration_since(**since) >= CONNECTION_GRACE)
+        })
+        .map(|(peer, since)| (*since, *peer))
+        .collect();
+    idle.sort();
+    idle.into_iter()
+        .take(excess)
+        .map(|(_, peer)| peer)
+        .collect()
+}
 
 /// What the rest of the node asks of the swarm.
 #[derive(Debug)]
@@ -52,22 +181,29 @@ pub enum Command {
     },
     /// Tell the swarm where a peer can be reached.
     AddAddress { peer: PeerId, address: Multiaddr },
+    /// Find a peer we are not connected to (a product's owner) through Kademlia, and connect
+    /// to it. At most once per `LOOKUP_AGAIN_AFTER` per peer.
+    FindPeer { peer: PeerId },
 }
+
+/// Least time between two Kademlia lookups of one peer.
+const LOOKUP_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     topic: IdentTopic,
-    /// Peers we have a connection to.
-    connected: HashSet<PeerId>,
+    /// Peers we have a connection to, and since when.
+    connected: HashMap<PeerId, Instant>,
     /// Entries published while no peer had the topic; gossiped when one subscribes.
     unsent: Vec<Bytes>,
     /// Gossiped entries being checked at once, at most.
     validations: Arc<tokio::sync::Semaphore>,
-    bootstrapped: bool,
-    /// Peers dialled because Kademlia found them, and when: not again before `REDIAL_AFTER`.
-    recent_dials: HashMap<PeerId, Instant>,
+    discovery: PeerDiscovery,
+    /// Peers being looked up (`Command::FindPeer`), by query, and when each was last asked for.
+    lookups: HashMap<kad::QueryId, PeerId>,
+    looked_up: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -79,13 +215,14 @@ impl EventLoop {
         Self {
             swarm,
             commands,
+            discovery: PeerDiscovery::new(shared.config.peers_wanted),
+            lookups: HashMap::new(),
+            looked_up: HashMap::new(),
             shared,
             topic: IdentTopic::new(CATALOG_TOPIC),
-            connected: HashSet::new(),
+            connected: HashMap::new(),
             unsent: Vec::new(),
             validations: Arc::new(tokio::sync::Semaphore::new(VALIDATIONS_MAX)),
-            bootstrapped: false,
-            recent_dials: HashMap::new(),
         }
     }
 
@@ -95,6 +232,7 @@ impl EventLoop {
         }
         let mut sync_tick = tokio::time::interval(self.shared.config.catalog_sync_interval);
         let mut bootstrap_tick = tokio::time::interval(BOOTSTRAP_INTERVAL);
+        let mut trim_tick = tokio::time::interval(TRIM_INTERVAL);
         let shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
@@ -104,6 +242,10 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = sync_tick.tick() => self.sync_with_random_peer(),
                 _ = bootstrap_tick.tick() => self.bootstrap(),
+                _ = trim_tick.tick() => {
+                    self.trim();
+                    self.refill();
+                }
             }
         }
         tracing::debug!("event loop stopped");
@@ -138,6 +280,43 @@ impl EventLoop {
                 self.swarm.add_peer_address(peer, address.clone());
                 self.swarm.behaviour_mut().kad.add_address(&peer, address);
             }
+            Command::FindPeer { peer } => self.find_peer(peer),
+        }
+    }
+
+    fn find_peer(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        self.looked_up
+            .retain(|_, at| now.duration_since(*at) < LOOKUP_AGAIN_AFTER);
+        if self.connected.contains_key(&peer)
+            || self.looked_up.contains_key(&peer)
+            || self.connected.is_empty()
+        {
+            return;
+        }
+        self.looked_up.insert(peer, now);
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.lookups.insert(query, peer);
+    }
+
+    /// A lookup of `Command::FindPeer` progressed: dial the peer if it was found.
+    fn on_lookup(&mut self, query: kad::QueryId, found: Vec<kad::PeerInfo>, last: bool) {
+        let Some(&target) = self.lookups.get(&query) else {
+            return;
+        };
+        if last {
+            self.lookups.remove(&query);
+        }
+        if self.connected.contains_key(&target) {
+            return;
+        }
+        if let Some(info) = found.into_iter().find(|p| p.peer_id == target) {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(target)
+                .addresses(info.addrs)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer = %short(&target), "dial failed: {}", dial_error(&e));
+            }
         }
     }
 
@@ -149,15 +328,15 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
-            } if self.connected.insert(peer_id) => {
-                tracing::debug!(peer = %short(&peer_id), "connected");
+            } if !self.connected.contains_key(&peer_id) => {
+                self.connected.insert(peer_id, Instant::now());
+                tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = %short(&peer_id), ?endpoint, "connected");
                 self.shared
                     .peer_connected(peer_id, endpoint.get_remote_address().clone());
                 // A new peer may hold entries we lack, or lack ours: compare catalogs now
                 // rather than at the next tick, so a late joiner catches up at once.
                 sync_catalog::spawn_sync(self.shared.clone(), peer_id);
-                if !self.bootstrapped {
-                    self.bootstrapped = true;
+                if self.connected.len() == 1 {
                     self.bootstrap();
                 }
             }
@@ -171,7 +350,8 @@ impl EventLoop {
                 tracing::debug!(peer = %short(&peer_id), "disconnected");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id.map(|p| short(&p)), "dial failed: {}", dial_error(&error));
+                let already = peer_id.is_some_and(|p| self.connected.contains_key(&p));
+                tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = ?peer_id.map(|p| short(&p)), connected = self.connected.len(), already, "dial failed: {}", dial_error(&error));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
@@ -204,32 +384,40 @@ impl EventLoop {
                 for (peer, address) in found {
                     self.swarm.add_peer_address(peer, address.clone());
                     self.swarm.behaviour_mut().kad.add_address(&peer, address);
-                    if !self.connected.contains(&peer) {
+                    if !self.connected.contains_key(&peer) {
                         let _ = self.swarm.dial(peer);
                     }
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => {
+                let found = match result {
+                    kad::QueryResult::GetClosestPeers(Ok(ok)) => ok.peers,
+                    kad::QueryResult::GetClosestPeers(Err(
+                        kad::GetClosestPeersError::Timeout { peers, .. },
+                    )) => peers,
+                    _ => Vec::new(),
+                };
+                self.on_lookup(id, found, step.last);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer,
                 addresses,
                 ..
             })) => {
-                // Kademlia found a peer: connect, so that one bootstrap address is enough to
-                // reach the whole mesh. Only up to half the connection limit, leaving the rest
-                // for peers that dial us, and at most once per peer per `REDIAL_AFTER`:
-                // Kademlia reports a peer again and again, and a peer at its own limit
-                // refuses only after the noise handshake, so dialling on every report turned
-                // into a storm of handshakes in a 100-node simulation (SIMULATIONS.md).
-                let dial_target = (self.shared.config.peers_max / 2).max(1);
-                let now = Instant::now();
-                self.recent_dials
-                    .retain(|_, at| now.duration_since(*at) < REDIAL_AFTER);
-                if self.connected.len() < dial_target
-                    && !self.connected.contains(&peer)
-                    && peer != *self.swarm.local_peer_id()
-                    && !self.recent_dials.contains_key(&peer)
+                // Kademlia found a peer: connect while short of peers, so that one bootstrap
+                // address is enough to reach the whole mesh.
+                let local = *self.swarm.local_peer_id();
+                let connected = self.connected.len();
+                let known = self.connected.contains_key(&peer);
+                if self
+                    .discovery
+                    .should_dial(peer, local, connected, known, Instant::now())
                 {
-                    self.recent_dials.insert(peer, now);
                     let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                         .addresses(addresses.into_vec())
                         .build();
@@ -297,18 +485,76 @@ impl EventLoop {
     }
 
     fn sync_with_random_peer(&mut self) {
-        if let Some(peer) = self.connected.iter().choose(&mut rand::rng()) {
+        if let Some(peer) = self.connected.keys().choose(&mut rand::rng()) {
             sync_catalog::spawn_sync(self.shared.clone(), *peer);
         }
     }
 
-    fn bootstrap(&mut self) {
-        if self.connected.is_empty() {
+    /// Closes connections beyond `peers_wanted` that nothing needs: not in the catalog's gossip
+    /// mesh, carrying no log stream either way, and older than [`CONNECTION_GRACE`] (long
+    /// enough for a Kademlia query, a search or a catalog sync to finish), oldest first.
+    ///
+    /// libp2p closes idle connections, but gossipsub keeps its substreams open on every
+    /// connection, so no connection is ever idle: without this, each peer a Kademlia query
+    /// touched would stay connected until `peers_max` refused everyone else.
+    fn trim(&mut self) {
+        let wanted = self.shared.config.peers_wanted;
+        if self.connected.len() <= wanted {
             return;
         }
-        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-            tracing::debug!("kademlia bootstrap: {e}");
+        let mut needed = self.shared.peers_with_log_streams();
+        needed.extend(self.swarm.behaviour().gossipsub.all_mesh_peers().copied());
+        let max = self.shared.config.peers_max;
+        for peer in unneeded(&self.connected, &needed, wanted, max, Instant::now()) {
+            tracing::debug!(peer = %short(&peer), "closing an unneeded connection");
+            self.shared.metrics.connections_trimmed.inc();
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
+    }
+
+    /// Dials peers from Kademlia's routing table while short of `peers_wanted`.
+    fn refill(&mut self) {
+        if self.connected.len() >= self.shared.config.peers_wanted {
+            return;
+        }
+        let local = *self.swarm.local_peer_id();
+        let known: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|bucket| {
+                bucket
+                    .iter()
+                    .map(|entry| *entry.node.key.preimage())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|p| *p != local)
+            .collect();
+        for peer in self
+            .discovery
+            .refill(known, &self.connected, Instant::now())
+        {
+            if let Err(e) = self.swarm.dial(peer) {
+                tracing::debug!(peer = %short(&peer), "dial failed: {}", dial_error(&e));
+            }
+        }
+    }
+
+    fn bootstrap(&mut self) {
+        if !self
+            .discovery
+            .should_bootstrap(self.connected.len(), Instant::now())
+        {
+            return;
+        }
+        // One lookup of our own id, not `kad.bootstrap()`: that also refreshes every bucket,
+        // a lookup each, and each lookup connects to a few dozen peers (~180 connections per
+        // node at 100 nodes). The peers found are dialled by the `RoutingUpdated` rule while
+        // short of `peers_wanted`.
+        tracing::debug!(connected = self.connected.len(), "looking for peers");
+        let local = *self.swarm.local_peer_id();
+        self.swarm.behaviour_mut().kad.get_closest_peers(local);
     }
 }
 
@@ -342,6 +588,91 @@ fn dial_error(e: &DialError) -> String {
             .map(|(addr, err)| format!("{addr}: {err}"))
             .collect::<Vec<_>>()
             .join("; "),
+        DialError::Denied { cause } => format!("refused here: {cause}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    #[test]
+    fn found_peers_are_dialled_only_while_short_and_once_per_redial_period() {
+        let local = PeerId::random();
+        let mut d = PeerDiscovery::new(2);
+        let now = Instant::now();
+        let [a, b] = [PeerId::random(), PeerId::random()];
+        assert!(d.should_dial(a, local, 0, false, now));
+        assert!(
+            !d.should_dial(a, local, 0, false, now),
+            "dialled again at once"
+        );
+        assert!(
+            !d.should_dial(local, local, 0, false, now),
+            "dialled itself"
+        );
+        assert!(!d.should_dial(b, local, 1, true, now), "already connected");
+        assert!(
+            !d.should_dial(b, local, 2, false, now),
+            "not short of peers"
+        );
+        assert!(d.should_dial(a, local, 1, false, now + REDIAL_AFTER));
+    }
+
+    #[test]
+    fn lookups_run_when_short_of_peers_or_for_the_rare_refresh() {
+        let mut d = PeerDiscovery::new(4);
+        let t0 = Instant::now();
+        assert!(!d.should_bootstrap(0, t0), "nobody to ask");
+        assert!(d.should_bootstrap(1, t0), "first connection");
+        assert!(
+            d.should_bootstrap(3, t0 + PeerDiscovery::TICK),
+            "short of peers"
+        );
+        assert!(!d.should_bootstrap(4, t0 + PeerDiscovery::TICK * 2));
+        assert!(d.should_bootstrap(9, t0 + PeerDiscovery::TICK + REFRESH_INTERVAL));
+    }
+
+    #[test]
+    fn refill_dials_known_unconnected_peers_up_to_the_shortfall() {
+        let mut d = PeerDiscovery::new(3);
+        let now = Instant::now();
+        let known = peers(10);
+        let connected: HashMap<PeerId, Instant> = [(known[0], now)].into();
+        let dialled = d.refill(known.clone(), &connected, now);
+        assert_eq!(dialled.len(), 2);
+        assert!(dialled.iter().all(|p| *p != known[0] && known.contains(p)));
+        // The same peers are not dialled again before REDIAL_AFTER.
+        let again = d.refill(known.clone(), &connected, now);
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|p| !dialled.contains(p)));
+        let full: HashMap<PeerId, Instant> = known[..3].iter().map(|p| (*p, now)).collect();
+        assert!(d.refill(known, &full, now).is_empty());
+    }
+
+    #[test]
+    fn unneeded_connections_are_the_oldest_idle_ones_beyond_the_wanted_count() {
+        let t0 = Instant::now();
+        let all = peers(6);
+        // Peer i connected at t0 + i seconds.
+        let connected: HashMap<PeerId, Instant> = all
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (*p, t0 + Duration::from_secs(i as u64)))
+            .collect();
+        let needed: HashSet<PeerId> = [all[0]].into();
+        let now = t0 + Duration::from_secs(3) + CONNECTION_GRACE;
+        // 6 connected, 2 wanted: peer 0 is needed, peers 4 and 5 are in their grace period.
+        let closed = unneeded(&connected, &needed, 2, 64, now);
+        assert_eq!(closed, vec![all[1], all[2], all[3]]);
+        assert!(unneeded(&connected, &needed, 6, 64, now).is_empty());
+        // Near the connection limit, young connections go too, oldest first.
+        let closed = unneeded(&connected, &needed, 2, 7, now);
+        assert_eq!(closed, vec![all[1], all[2], all[3], all[4]]);
     }
 }

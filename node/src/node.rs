@@ -98,6 +98,8 @@ pub struct Shared {
     /// Upstream products each own product's events cited since start (observed lineage).
     cited: Mutex<HashMap<ProductName, BTreeSet<ProductId>>>,
     last_seen: Mutex<HashMap<PeerId, u64>>,
+    /// Live log streams per peer, served or followed: their connections are kept.
+    log_streams: Mutex<HashMap<PeerId, usize>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -105,6 +107,24 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("peer_id", &self.peer_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// A live log stream with a peer (see [`Shared::log_stream_with`]).
+pub(crate) struct LogStreamGuard {
+    shared: Arc<Shared>,
+    peer: PeerId,
+}
+
+impl Drop for LogStreamGuard {
+    fn drop(&mut self) {
+        let mut streams = lock(&self.shared.log_streams);
+        if let Some(n) = streams.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -124,6 +144,28 @@ impl Shared {
         self.metrics.peers_connected.set(peers.len() as i64);
         drop(peers);
         self.peer_joined.send_modify(|n| *n += 1);
+    }
+
+    /// Asks the network to find `peer` through Kademlia and connect to it, if it is not
+    /// connected. Never waits: when the command queue is full, the next ask will do.
+    pub(crate) fn find_peer(&self, peer: PeerId) {
+        if !lock(&self.peers).contains_key(&peer) {
+            let _ = self.commands.try_send(Command::FindPeer { peer });
+        }
+    }
+
+    /// Peers that a log stream, served or followed, runs with.
+    pub(crate) fn peers_with_log_streams(&self) -> HashSet<PeerId> {
+        lock(&self.log_streams).keys().copied().collect()
+    }
+
+    /// Counts a log stream with `peer` until the guard drops.
+    pub(crate) fn log_stream_with(self: &Arc<Self>, peer: PeerId) -> LogStreamGuard {
+        *lock(&self.log_streams).entry(peer).or_insert(0) += 1;
+        LogStreamGuard {
+            shared: self.clone(),
+            peer,
+        }
     }
 
     pub(crate) fn peer_disconnected(&self, peer: &PeerId) {
@@ -255,6 +297,9 @@ async fn start_on(
     protocol
         .validate()
         .map_err(|e| anyhow::anyhow!("protocol limits: {e}"))?;
+    config
+        .check()
+        .map_err(|e| anyhow::anyhow!("node settings: {e}"))?;
     let key = match key {
         Some(k) => k,
         None => identity(store.as_ref())?,
@@ -317,6 +362,7 @@ async fn start_on(
         listen_addrs: Mutex::new(Vec::new()),
         syncing: Mutex::new(HashSet::new()),
         sources: Mutex::new(HashMap::new()),
+        log_streams: Mutex::new(HashMap::new()),
         following: Mutex::new(HashMap::new()),
         publishing: tokio::sync::Mutex::new(()),
         cited: Mutex::new(HashMap::new()),

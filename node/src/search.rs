@@ -224,7 +224,15 @@ impl SearchIndex {
         let index = Index::create_in_ram(schema.build());
         let analyzer = analyzer();
         index.tokenizers().register(TOKENIZER, analyzer.clone());
-        let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES)?;
+        // One indexing and one merging thread: a catalog is small, and a simulation runs a
+        // thousand of these indexes in one process (tantivy's default is four merge threads).
+        let writer = index.writer_with_options(
+            tantivy::indexer::IndexWriterOptions::builder()
+                .memory_budget_per_thread(WRITER_HEAP_BYTES)
+                .num_worker_threads(1)
+                .num_merge_threads(1)
+                .build(),
+        )?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

@@ -8,7 +8,7 @@
 //!   mesh run of the same scenario and seed;
 //! - the **rogue** of the `flood` fault: a peer that gossips forged catalog entries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, kad};
 use mesh_node::behaviour::{CATALOG_TOPIC, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+use mesh_node::network::{PeerDiscovery, TRIM_INTERVAL, unneeded};
 use mesh_protocol::wire::pb;
 use mesh_protocol::{
     CatalogEntry, Descriptor, ProductId, ProductName, SecretKey, SignedCatalogEntry,
@@ -77,6 +78,7 @@ fn swarm(
     ));
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_query_timeout(Duration::from_secs(30));
+    kad_config.set_periodic_bootstrap_interval(None);
     let mut kad =
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
     kad.set_mode(Some(if with_discovery {
@@ -106,14 +108,17 @@ async fn drive(
     mut swarm: Swarm<StockBehaviour>,
     mut commands: mpsc::Receiver<Command>,
     node: usize,
+    peers_wanted: usize,
     peers_max: usize,
     rec: Arc<Recorder>,
     index: Arc<std::collections::HashMap<ProductId, usize>>,
 ) {
     let topic = IdentTopic::new(CATALOG_TOPIC);
     let protocol = mesh_protocol::Config::default();
-    let mut connected: HashSet<PeerId> = HashSet::new();
-    let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
+    let mut connected: HashMap<PeerId, std::time::Instant> = HashMap::new();
+    let mut discovery = PeerDiscovery::new(peers_wanted);
+    let mut bootstrap = tokio::time::interval(PeerDiscovery::TICK);
+    let mut trim = tokio::time::interval(TRIM_INTERVAL);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -126,14 +131,33 @@ async fn drive(
                     let _ = reply.send(connected.len());
                 }
             },
+            _ = trim.tick() => {
+                let needed: HashSet<PeerId> =
+                    swarm.behaviour().gossipsub.all_mesh_peers().copied().collect();
+                let now = std::time::Instant::now();
+                for peer in unneeded(&connected, &needed, peers_wanted, peers_max, now) {
+                    let _ = swarm.disconnect_peer_id(peer);
+                }
+                let known: Vec<PeerId> = swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                for peer in discovery.refill(known, &connected, std::time::Instant::now()) {
+                    let _ = swarm.dial(peer);
+                }
+            }
             _ = bootstrap.tick() => {
-                if !connected.is_empty() {
+                if discovery.should_bootstrap(connected.len(), std::time::Instant::now()) {
                     let _ = swarm.behaviour_mut().kad.bootstrap();
                 }
             }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::ConnectionEstablished { peer_id, .. }
-                    if connected.insert(peer_id) && connected.len() == 1 =>
+                    if connected.insert(peer_id, std::time::Instant::now()).is_none()
+                        && connected.len() == 1
+                        && discovery.should_bootstrap(1, std::time::Instant::now()) =>
                 {
                     let _ = swarm.behaviour_mut().kad.bootstrap();
                 }
@@ -157,9 +181,11 @@ async fn drive(
                     peer,
                     addresses,
                     ..
-                })) if connected.len() < peers_max
-                    && !connected.contains(&peer)
-                    && peer != *swarm.local_peer_id() =>
+                })) if {
+                    let local = *swarm.local_peer_id();
+                    let known = connected.contains_key(&peer);
+                    discovery.should_dial(peer, local, connected.len(), known, std::time::Instant::now())
+                } =>
                 {
                     let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                         .addresses(addresses.into_vec())
@@ -248,6 +274,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
             s,
             rx,
             i,
+            scenario.node.peers_wanted,
             scenario.node.peers_max,
             rec.clone(),
             index.clone(),

@@ -246,6 +246,8 @@ impl MeshRun {
             subscription_retry: s.subscription_retry,
             idle_timeout: s.idle_timeout,
             peers_max: s.peers_max,
+            peers_wanted: s.peers_wanted,
+            gossip_degree: s.gossip_degree,
             ..NodeConfig::default()
         }
     }

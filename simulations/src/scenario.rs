@@ -168,6 +168,11 @@ pub struct NodeSettings {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     pub peers_max: usize,
+    /// Dial peers Kademlia finds while fewer than this many are connected.
+    pub peers_wanted: usize,
+    /// The catalog gossip mesh degree (gossipsub's `D`); the stock baseline keeps
+    /// gossipsub's default of 6.
+    pub gossip_degree: usize,
     /// `memory` (kept across restarts in-process) or `sled` (a temporary directory per node).
     pub store: StoreKind,
 }
@@ -180,6 +185,8 @@ impl Default for NodeSettings {
             subscription_retry: node.subscription_retry,
             idle_timeout: node.idle_timeout,
             peers_max: node.peers_max,
+            peers_wanted: node.peers_wanted,
+            gossip_degree: node.gossip_degree,
             store: StoreKind::Memory,
         }
     }
