@@ -42,9 +42,9 @@ pub struct NodeConfig {
     pub subscription_retry: Duration,
     /// Most established connections (at most two per peer); further ones are refused. Default 64.
     pub peers_max: usize,
-    /// Peers Kademlia finds are dialled while fewer than this many are connected. Default 8,
-    /// a little more than the gossip mesh keeps (connections outside it close when idle).
-    /// At most `peers_max`.
+    /// Peers Kademlia finds are dialled while fewer than this many are connected, and
+    /// connections nothing needs (outside the gossip mesh, no log stream) are closed beyond it.
+    /// Default 8, a little more than the gossip mesh keeps. At most `peers_max`.
     pub peers_wanted: usize,
     /// Catalog gossip mesh degree (gossipsub's `D`): each entry is forwarded to about this many
     /// peers, so each node receives about this many copies less one. Default 4; the mesh is

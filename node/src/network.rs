@@ -30,7 +30,7 @@ const VALIDATIONS_MAX: usize = 64;
 /// Most entries held back while no peer has the catalog topic; anti-entropy covers the rest.
 const UNSENT_MAX: usize = 1024;
 /// How often the node checks whether it needs more peers (and then asks Kademlia for them).
-const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
+const LOOK_INTERVAL: Duration = Duration::from_secs(30);
 /// Kademlia refreshes its routing table this often even when the node has peers enough.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(600);
 /// A connection is kept at least this long before it may be closed as unneeded.
@@ -52,7 +52,7 @@ pub struct PeerDiscovery {
     wanted: usize,
     /// Peers dialled because Kademlia found them, and when.
     recent_dials: HashMap<PeerId, Instant>,
-    last_bootstrap: Option<Instant>,
+    last_look: Option<Instant>,
 }
 
 impl PeerDiscovery {
@@ -60,7 +60,7 @@ impl PeerDiscovery {
         Self {
             wanted: wanted.max(1),
             recent_dials: HashMap::new(),
-            last_bootstrap: None,
+            last_look: None,
         }
     }
 
@@ -89,14 +89,14 @@ impl PeerDiscovery {
     /// Whether to look for peers now (a Kademlia lookup of our own id; called every 30 s and
     /// on the first connection): when connected but short of peers, or for the rare refresh.
     /// Records the lookup when the answer is yes.
-    pub fn should_bootstrap(&mut self, connected: usize, now: Instant) -> bool {
-        let due = match self.last_bootstrap {
+    pub fn should_look(&mut self, connected: usize, now: Instant) -> bool {
+        let due = match self.last_look {
             None => true,
             Some(at) => connected < self.wanted || now.duration_since(at) >= REFRESH_INTERVAL,
         };
         let run = connected > 0 && due;
         if run {
-            self.last_bootstrap = Some(now);
+            self.last_look = Some(now);
         }
         run
     }
@@ -126,8 +126,28 @@ impl PeerDiscovery {
         known
     }
 
-    /// How often to call [`PeerDiscovery::should_bootstrap`].
-    pub const TICK: Duration = BOOTSTRAP_INTERVAL;
+    /// How often to call [`PeerDiscovery::should_look`].
+    pub const TICK: Duration = LOOK_INTERVAL;
+}
+
+/// Every peer in Kademlia's routing table: the candidates of [`PeerDiscovery::refill`].
+pub fn routing_table_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> Vec<PeerId> {
+    kad.kbuckets()
+        .flat_map(|bucket| {
+            bucket
+                .iter()
+                .map(|entry| *entry.node.key.preimage())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Looks for peers: one Kademlia lookup of our own id. Not `kad.bootstrap()`, which also looks
+/// up a random id per bucket, each lookup connecting to a few dozen peers (~180 connections
+/// per node at 100 nodes). The peers found are dialled by [`PeerDiscovery::should_dial`] while
+/// short of `peers_wanted`.
+pub fn look_for_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>, local: PeerId) {
+    kad.get_closest_peers(local);
 }
 
 /// How often to close unneeded connections (see [`unneeded`]).
@@ -231,7 +251,7 @@ impl EventLoop {
             tracing::error!("cannot subscribe to the catalog topic: {e}");
         }
         let mut sync_tick = tokio::time::interval(self.shared.config.catalog_sync_interval);
-        let mut bootstrap_tick = tokio::time::interval(BOOTSTRAP_INTERVAL);
+        let mut look_tick = tokio::time::interval(LOOK_INTERVAL);
         let mut trim_tick = tokio::time::interval(TRIM_INTERVAL);
         let shutdown = self.shared.shutdown.clone();
         loop {
@@ -241,7 +261,7 @@ impl EventLoop {
                 Some(command) = self.commands.recv() => self.on_command(command),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = sync_tick.tick() => self.sync_with_random_peer(),
-                _ = bootstrap_tick.tick() => self.bootstrap(),
+                _ = look_tick.tick() => self.look_for_peers(),
                 _ = trim_tick.tick() => {
                     self.trim();
                     self.refill();
@@ -330,14 +350,14 @@ impl EventLoop {
                 peer_id, endpoint, ..
             } if !self.connected.contains_key(&peer_id) => {
                 self.connected.insert(peer_id, Instant::now());
-                tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = %short(&peer_id), ?endpoint, "connected");
+                tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = %short(&peer_id), "connected");
                 self.shared
                     .peer_connected(peer_id, endpoint.get_remote_address().clone());
                 // A new peer may hold entries we lack, or lack ours: compare catalogs now
                 // rather than at the next tick, so a late joiner catches up at once.
                 sync_catalog::spawn_sync(self.shared.clone(), peer_id);
                 if self.connected.len() == 1 {
-                    self.bootstrap();
+                    self.look_for_peers();
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -350,8 +370,7 @@ impl EventLoop {
                 tracing::debug!(peer = %short(&peer_id), "disconnected");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                let already = peer_id.is_some_and(|p| self.connected.contains_key(&p));
-                tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = ?peer_id.map(|p| short(&p)), connected = self.connected.len(), already, "dial failed: {}", dial_error(&error));
+                tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = ?peer_id.map(|p| short(&p)), connected = self.connected.len(), "dial failed: {}", dial_error(&error));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
@@ -517,20 +536,7 @@ impl EventLoop {
         if self.connected.len() >= self.shared.config.peers_wanted {
             return;
         }
-        let local = *self.swarm.local_peer_id();
-        let known: Vec<PeerId> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .flat_map(|bucket| {
-                bucket
-                    .iter()
-                    .map(|entry| *entry.node.key.preimage())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|p| *p != local)
-            .collect();
+        let known = routing_table_peers(&mut self.swarm.behaviour_mut().kad);
         for peer in self
             .discovery
             .refill(known, &self.connected, Instant::now())
@@ -541,20 +547,16 @@ impl EventLoop {
         }
     }
 
-    fn bootstrap(&mut self) {
+    fn look_for_peers(&mut self) {
         if !self
             .discovery
-            .should_bootstrap(self.connected.len(), Instant::now())
+            .should_look(self.connected.len(), Instant::now())
         {
             return;
         }
-        // One lookup of our own id, not `kad.bootstrap()`: that also refreshes every bucket,
-        // a lookup each, and each lookup connects to a few dozen peers (~180 connections per
-        // node at 100 nodes). The peers found are dialled by the `RoutingUpdated` rule while
-        // short of `peers_wanted`.
         tracing::debug!(connected = self.connected.len(), "looking for peers");
         let local = *self.swarm.local_peer_id();
-        self.swarm.behaviour_mut().kad.get_closest_peers(local);
+        look_for_peers(&mut self.swarm.behaviour_mut().kad, local);
     }
 }
 
@@ -628,14 +630,11 @@ mod tests {
     fn lookups_run_when_short_of_peers_or_for_the_rare_refresh() {
         let mut d = PeerDiscovery::new(4);
         let t0 = Instant::now();
-        assert!(!d.should_bootstrap(0, t0), "nobody to ask");
-        assert!(d.should_bootstrap(1, t0), "first connection");
-        assert!(
-            d.should_bootstrap(3, t0 + PeerDiscovery::TICK),
-            "short of peers"
-        );
-        assert!(!d.should_bootstrap(4, t0 + PeerDiscovery::TICK * 2));
-        assert!(d.should_bootstrap(9, t0 + PeerDiscovery::TICK + REFRESH_INTERVAL));
+        assert!(!d.should_look(0, t0), "nobody to ask");
+        assert!(d.should_look(1, t0), "first connection");
+        assert!(d.should_look(3, t0 + PeerDiscovery::TICK), "short of peers");
+        assert!(!d.should_look(4, t0 + PeerDiscovery::TICK * 2));
+        assert!(d.should_look(9, t0 + PeerDiscovery::TICK + REFRESH_INTERVAL));
     }
 
     #[test]

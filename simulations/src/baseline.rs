@@ -20,7 +20,9 @@ use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, kad};
 use mesh_node::behaviour::{CATALOG_TOPIC, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
-use mesh_node::network::{PeerDiscovery, TRIM_INTERVAL, unneeded};
+use mesh_node::network::{
+    PeerDiscovery, TRIM_INTERVAL, look_for_peers, routing_table_peers, unneeded,
+};
 use mesh_protocol::wire::pb;
 use mesh_protocol::{
     CatalogEntry, Descriptor, ProductId, ProductName, SecretKey, SignedCatalogEntry,
@@ -138,28 +140,25 @@ async fn drive(
                 for peer in unneeded(&connected, &needed, peers_wanted, peers_max, now) {
                     let _ = swarm.disconnect_peer_id(peer);
                 }
-                let known: Vec<PeerId> = swarm
-                    .behaviour_mut()
-                    .kad
-                    .kbuckets()
-                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-                    .collect();
+                let known = routing_table_peers(&mut swarm.behaviour_mut().kad);
                 for peer in discovery.refill(known, &connected, std::time::Instant::now()) {
                     let _ = swarm.dial(peer);
                 }
             }
             _ = bootstrap.tick() => {
-                if discovery.should_bootstrap(connected.len(), std::time::Instant::now()) {
-                    let _ = swarm.behaviour_mut().kad.bootstrap();
+                if discovery.should_look(connected.len(), std::time::Instant::now()) {
+                    let local = *swarm.local_peer_id();
+                    look_for_peers(&mut swarm.behaviour_mut().kad, local);
                 }
             }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::ConnectionEstablished { peer_id, .. }
                     if connected.insert(peer_id, std::time::Instant::now()).is_none()
                         && connected.len() == 1
-                        && discovery.should_bootstrap(1, std::time::Instant::now()) =>
+                        && discovery.should_look(1, std::time::Instant::now()) =>
                 {
-                    let _ = swarm.behaviour_mut().kad.bootstrap();
+                    let local = *swarm.local_peer_id();
+                    look_for_peers(&mut swarm.behaviour_mut().kad, local);
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     connected.remove(&peer_id);
