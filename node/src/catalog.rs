@@ -54,7 +54,8 @@ pub struct Catalog {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
-    changes: broadcast::Sender<VerifiedCatalogEntry>,
+    /// Shared, not copied: each of the 1024 slots of a broadcast channel holds one value.
+    changes: broadcast::Sender<Arc<VerifiedCatalogEntry>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -162,7 +163,7 @@ impl Catalog {
             .inc_by(accepted.changed.len() as u64);
         drop(inner);
         for entry in &accepted.changed {
-            let _ = self.changes.send(entry.clone());
+            let _ = self.changes.send(Arc::new(entry.clone()));
         }
         Ok(accepted)
     }
@@ -174,7 +175,7 @@ impl Catalog {
         insert(&mut inner, entry.clone());
         self.metrics.catalog_entries.set(inner.entries.len() as i64);
         drop(inner);
-        let _ = self.changes.send(entry.clone());
+        let _ = self.changes.send(Arc::new(entry.clone()));
         Ok(())
     }
 
@@ -199,7 +200,7 @@ impl Catalog {
     }
 
     /// Entries as they change, from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<VerifiedCatalogEntry> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<VerifiedCatalogEntry>> {
         self.changes.subscribe()
     }
 

@@ -188,7 +188,7 @@ impl Discovery {
 /// Keeps the index in step with the catalog until shutdown.
 pub async fn follow_catalog(
     shared: Arc<Shared>,
-    mut changes: broadcast::Receiver<VerifiedCatalogEntry>,
+    mut changes: broadcast::Receiver<Arc<VerifiedCatalogEntry>>,
 ) {
     let rebuild = |shared: Arc<Shared>| async move {
         let _ =

@@ -428,7 +428,7 @@ fn sign_all(prepared: Vec<PreparedEvent>, key: &SecretKey) -> Vec<VerifiedEvent>
 /// everything queued (up to `batch_max`), signs and commits it per product with one flush, and
 /// replies. Under load, many appends share one flush; alone, an append waits for no one.
 pub struct Appender {
-    sender: Mutex<Option<std::sync::mpsc::SyncSender<AppendRequest>>>,
+    sender: Mutex<Option<tokio::sync::mpsc::Sender<AppendRequest>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -443,12 +443,14 @@ const APPEND_QUEUE: usize = 8192;
 
 impl Appender {
     pub fn start(hub: Arc<LogHub>, key: SecretKey, batch_max: usize) -> std::io::Result<Self> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<AppendRequest>(APPEND_QUEUE);
+        // tokio's queue allocates as it fills; a std `sync_channel` would allocate all of its
+        // slots up front (1.4 MiB per node here).
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<AppendRequest>(APPEND_QUEUE);
         let thread = std::thread::Builder::new()
             .name("mesh-append".into())
             .spawn(move || {
                 // Ends when every sender is dropped, i.e. when the node shuts down.
-                while let Ok(first) = receiver.recv() {
+                while let Some(first) = receiver.blocking_recv() {
                     let mut group = vec![first];
                     while group.len() < batch_max {
                         match receiver.try_recv() {
@@ -505,21 +507,11 @@ impl Appender {
         let Some(sender) = lock(&self.sender).clone() else {
             return Err(AppendError::ShuttingDown);
         };
-        match sender.try_send(request) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(request)) => {
-                // The queue is full: wait for room off the async workers.
-                let sent = tokio::task::spawn_blocking(move || sender.send(request).is_ok())
-                    .await
-                    .map_err(|_| AppendError::ShuttingDown)?;
-                if !sent {
-                    return Err(AppendError::ShuttingDown);
-                }
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                return Err(AppendError::ShuttingDown);
-            }
-        }
+        // A full queue makes the caller wait for room.
+        sender
+            .send(request)
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
         rx.await.map_err(|_| AppendError::ShuttingDown)?
     }
 }

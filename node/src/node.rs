@@ -949,7 +949,7 @@ impl NodeHandle {
     }
 
     /// Entries as they change at this node, from now on.
-    pub fn catalog_changes(&self) -> tokio::sync::broadcast::Receiver<VerifiedCatalogEntry> {
+    pub fn catalog_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<VerifiedCatalogEntry>> {
         self.shared.catalog.subscribe()
     }
 

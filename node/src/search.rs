@@ -241,6 +241,7 @@ impl SearchIndex {
         Ok(Self {
             state: RwLock::new(State {
                 writer,
+                queued: Vec::new(),
                 reader,
                 view,
                 table: Table::default(),
@@ -288,9 +289,12 @@ impl SearchIndex {
     /// Removes a product; removing one that is not indexed does nothing.
     pub fn remove(&self, product: &ProductId) -> Result<(), SearchError> {
         let mut state = self.state.write().map_err(|_| SearchError::Poisoned)?;
-        let State { writer, table, .. } = &mut *state;
+        let State { queued, table, .. } = &mut *state;
         if let Some(slot) = table.by_product.get(&product.to_string()).copied() {
-            writer.delete_term(Term::from_field_u64(self.fields.slot, u64::from(slot)));
+            queued.push(WriterOp::Delete(Term::from_field_u64(
+                self.fields.slot,
+                u64::from(slot),
+            )));
             table.remove(slot);
         }
         Ok(())
@@ -759,10 +763,20 @@ struct Fields {
 
 struct State {
     writer: IndexWriter,
+    /// Changes for the writer, handed to it only at the next commit: while a tantivy writer
+    /// holds an uncommitted document it keeps a segment writer of ~14 MiB of arenas, and a
+    /// simulation runs a thousand indexes in one process. Searches see these documents through
+    /// the table's pending terms meanwhile.
+    queued: Vec<WriterOp>,
     reader: IndexReader,
     /// The last commit, as searches see it, with each segment's document -> slot array.
     view: View,
     table: Table,
+}
+
+enum WriterOp {
+    Add(TantivyDocument),
+    Delete(Term),
 }
 
 struct View {
@@ -816,21 +830,33 @@ impl State {
             {
                 return Ok(());
             }
-            self.writer
-                .delete_term(Term::from_field_u64(fields.slot, u64::from(slot)));
+            self.queued.push(WriterOp::Delete(Term::from_field_u64(
+                fields.slot,
+                u64::from(slot),
+            )));
             self.table.remove(slot);
         }
         let slot = self.table.next_slot();
         document.add_u64(fields.slot, u64::from(slot));
-        // A delete by slot only removes documents added before it, so reusing a freed slot
-        // here is safe.
-        self.writer.add_document(document)?;
+        // A delete by slot only removes documents added before it, and the writer gets the
+        // queue in order, so reusing a freed slot here is safe.
+        self.queued.push(WriterOp::Add(document));
         self.table.insert(slot, doc, terms, searchable_now);
         Ok(())
     }
 
     /// Commits the writer, shows the commit to searches, and empties the pending set.
     fn commit(&mut self) -> Result<(), SearchError> {
+        for op in self.queued.drain(..) {
+            match op {
+                WriterOp::Add(document) => {
+                    self.writer.add_document(document)?;
+                }
+                WriterOp::Delete(term) => {
+                    self.writer.delete_term(term);
+                }
+            }
+        }
         self.writer.commit()?;
         self.reader.reload()?;
         self.view = View::new(self.reader.searcher(), Some(&self.view))?;
