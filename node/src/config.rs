@@ -42,8 +42,9 @@ pub struct NodeConfig {
     pub subscription_retry: Duration,
     /// Most established connections (at most two per peer); further ones are refused. Default 64.
     pub peers_max: usize,
-    /// Peers Kademlia finds are dialled while fewer than this many are connected, and
-    /// connections nothing needs (outside the gossip mesh, no log stream) are closed beyond it.
+    /// Peers Kademlia finds are dialled while fewer than this many are connected; past twice
+    /// this many, connections nothing needs (outside the gossip mesh, no log stream, not a
+    /// followed product's owner) are closed down to it.
     /// Default 8, a little more than the gossip mesh keeps. At most `peers_max`.
     pub peers_wanted: usize,
     /// Catalog gossip mesh degree (gossipsub's `D`): each entry is forwarded to about this many
@@ -151,7 +152,8 @@ subscription_retry = "{retry}"
 
 # Most connections; most log streams served at once; most events per group commit.
 peers_max = {peers_max}
-# Dial peers found by Kademlia while fewer than this many are connected.
+# Dial peers found by Kademlia while fewer than this many are connected; past twice this
+# many, close connections nothing needs down to it.
 peers_wanted = {peers_wanted}
 # Catalog gossip mesh degree: peers each entry is forwarded to (received copies ~ this - 1).
 gossip_degree = {gossip_degree}

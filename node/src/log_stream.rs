@@ -303,6 +303,10 @@ pub async fn follow(
     let mut retry = shared.config.subscription_retry;
     let mut peer_joined = shared.peer_joined.subscribe();
     let owner = owner_peer(&product);
+    // The connection to the owner is wanted for as long as the subscription lasts, even while
+    // no stream runs on it yet: a lookup's connection to it must not be closed as unneeded
+    // before this loop gets to use it.
+    let _owner_kept = owner.map(|o| shared.log_stream_with(o));
     // When the owner last refused us: while that is recent, a fallback source is not left for
     // the owner (it would refuse again, e.g. when busy).
     let mut owner_refused: Option<Instant> = None;
@@ -314,9 +318,15 @@ pub async fn follow(
             shared.find_peer(owner);
         }
         let mut progressed = false;
+        let owner_was_connected = owner.is_some_and(|o| shared.is_connected(&o));
         for peer in sources(&shared, &product) {
             if cancel.is_cancelled() {
                 return;
+            }
+            // The owner's lookup connected it while other peers were being asked: the owner
+            // comes first, and each of the other peers costs a round trip.
+            if !owner_was_connected && owner.is_some_and(|o| o != peer && shared.is_connected(&o)) {
+                continue 'rounds;
             }
             let before = shared.hub.head(&product).map_or(0, |h| h.seq());
             let recheck_owner = owner_refused.is_none_or(|at| at.elapsed() > OWNER_REFUSAL_MEMORY);

@@ -11,6 +11,14 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Who opened a connection: `inbound` (the other side dialed), `node` (this node's own peer
+/// rule: bootstrap peers, refills, owner lookups) or `protocol` (a libp2p protocol dialed on
+/// its own, mostly Kademlia queries contacting the peers they learn about).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabel {
+    pub origin: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProductLabel {
     pub product: String,
@@ -20,6 +28,7 @@ pub struct ProductLabel {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub peers_connected: Gauge,
+    pub connections_opened: Family<OriginLabel, Counter>,
     pub connections_trimmed: Counter,
     pub catalog_entries: Gauge,
     pub catalog_received: Counter,
@@ -43,6 +52,11 @@ impl Metrics {
             "peers_connected",
             "Connected peers",
             self.peers_connected.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "Connections established, by who opened them (inbound, node, protocol)",
+            self.connections_opened.clone(),
         );
         r.register(
             "connections_trimmed",

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 use rand::seq::{IteratorRandom, SliceRandom};
 use tokio::sync::{mpsc, oneshot};
@@ -142,6 +143,33 @@ pub fn routing_table_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>) ->
         .collect()
 }
 
+/// Ends a Kademlia bootstrap after its lookup of our own id, skipping its lookups of one
+/// random id per farther bucket.
+///
+/// rust-libp2p starts a bootstrap whenever a peer enters a routing table holding fewer than 20,
+/// and that cannot be switched off (`set_automatic_bootstrap_throttle` is test-only). Each of
+/// those lookups connects to a few dozen peers: at 1000 nodes one bootstrap made ~10 of them
+/// and ~250 connections, and every starting node made one. The own-id lookup finds the
+/// neighbourhood, which is what the node needs; peers are found on demand ([`Command::FindPeer`]).
+/// A bootstrap reports each finished lookup: finishing the query then ends the next lookup
+/// before it sends anything.
+fn end_bootstrap(kad: &mut kad::Behaviour<kad::store::MemoryStore>, query: kad::QueryId) {
+    if let Some(mut q) = kad.query_mut(&query) {
+        q.finish();
+    }
+}
+
+/// The addresses Kademlia's routing table holds for `peer`, if it holds the peer.
+fn routing_table_addresses(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    peer: PeerId,
+) -> Option<Vec<Multiaddr>> {
+    let key = kad::KBucketKey::from(peer);
+    let bucket = kad.kbucket(peer)?;
+    let entry = bucket.iter().find(|e| *e.node.key == key)?;
+    Some(entry.node.value.iter().cloned().collect())
+}
+
 /// Looks for peers: one Kademlia lookup of our own id. Not `kad.bootstrap()`, which also looks
 /// up a random id per bucket, each lookup connecting to a few dozen peers (~180 connections
 /// per node at 100 nodes). The peers found are dialled by [`PeerDiscovery::should_dial`] while
@@ -153,10 +181,15 @@ pub fn look_for_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>, local: 
 /// How often to close unneeded connections (see [`unneeded`]).
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The connections to close so that no more than `wanted` remain, as far as possible: those
-/// not `needed` and older than `CONNECTION_GRACE` (10 s), oldest first. `connected` maps each
+/// Once more than twice `wanted` (at most three quarters of `max`) are connected, the
+/// connections to close so that no more than `wanted` remain, as far as possible: those not
+/// `needed` and older than `CONNECTION_GRACE` (10 s), oldest first. `connected` maps each
 /// connected peer to when it connected. Past three quarters of `max`, young connections go
 /// too: a node at its limit refuses everyone, the owners and subscribers it needs included.
+///
+/// The gap between `wanted` (below which a node dials) and twice that (above which it closes)
+/// keeps nodes from closing each other's connections in turn: closing one leaves the other
+/// side short, which dials someone else, who closes it in turn.
 pub fn unneeded(
     connected: &HashMap<PeerId, Instant>,
     needed: &HashSet<PeerId>,
@@ -164,10 +197,11 @@ pub fn unneeded(
     max: usize,
     now: Instant,
 ) -> Vec<PeerId> {
-    let excess = connected.len().saturating_sub(wanted);
-    if excess == 0 {
+    let trim_above = (2 * wanted).min(max * 3 / 4).max(wanted);
+    if connected.len() <= trim_above {
         return Vec::new();
     }
+    let excess = connected.len() - wanted;
     let crowded = connected.len() * 4 > max * 3;
     let mut idle: Vec<(Instant, PeerId)> = connected
         .iter()
@@ -208,6 +242,9 @@ pub enum Command {
 
 /// Least time between two Kademlia lookups of one peer.
 const LOOKUP_AGAIN_AFTER: Duration = Duration::from_secs(5);
+/// After dialling a peer at the addresses the routing table held, how long `FindPeer` looks
+/// it up instead (the addresses may be stale).
+const DIRECT_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -224,6 +261,11 @@ pub(crate) struct EventLoop {
     /// Peers being looked up (`Command::FindPeer`), by query, and when each was last asked for.
     lookups: HashMap<kad::QueryId, PeerId>,
     looked_up: HashMap<PeerId, Instant>,
+    /// Peers `FindPeer` dialled at their routing-table addresses, and when.
+    dialled_direct: HashMap<PeerId, Instant>,
+    /// Dials of this node's own peer rule still under way, to tell its connections from those
+    /// a protocol opened (`mesh_connections_opened`).
+    own_dials: HashSet<ConnectionId>,
 }
 
 impl EventLoop {
@@ -238,6 +280,8 @@ impl EventLoop {
             discovery: PeerDiscovery::new(shared.config.peers_wanted),
             lookups: HashMap::new(),
             looked_up: HashMap::new(),
+            dialled_direct: HashMap::new(),
+            own_dials: HashSet::new(),
             shared,
             topic: IdentTopic::new(CATALOG_TOPIC),
             connected: HashMap::new(),
@@ -285,7 +329,7 @@ impl EventLoop {
                     .report_message_validation_result(&id, &source, acceptance);
             }
             Command::Dial { address, reply } => {
-                let result = self.swarm.dial(address.clone()).map_err(|e| dial_error(&e));
+                let result = self.dial(address.clone()).map_err(|e| dial_error(&e));
                 if result.is_ok()
                     && let Some((peer, _)) = split_peer(&address)
                 {
@@ -304,10 +348,16 @@ impl EventLoop {
         }
     }
 
+    /// Connects to `peer`: straight to the addresses Kademlia's routing table holds for it
+    /// when there are some and they were not tried in the last [`DIRECT_AGAIN_AFTER`], else
+    /// through a lookup (which connects to a few dozen peers on its way; it ends as soon as
+    /// the peer is connected).
     fn find_peer(&mut self, peer: PeerId) {
         let now = Instant::now();
         self.looked_up
             .retain(|_, at| now.duration_since(*at) < LOOKUP_AGAIN_AFTER);
+        self.dialled_direct
+            .retain(|_, at| now.duration_since(*at) < DIRECT_AGAIN_AFTER);
         if self.connected.contains_key(&peer)
             || self.looked_up.contains_key(&peer)
             || self.connected.is_empty()
@@ -315,8 +365,34 @@ impl EventLoop {
             return;
         }
         self.looked_up.insert(peer, now);
+        if !self.dialled_direct.contains_key(&peer)
+            && let Some(addresses) =
+                routing_table_addresses(&mut self.swarm.behaviour_mut().kad, peer)
+        {
+            self.dialled_direct.insert(peer, now);
+            let opts = DialOpts::peer_id(peer).addresses(addresses).build();
+            if let Err(e) = self.dial(opts) {
+                tracing::debug!(peer = %short(&peer), "dial failed: {}", dial_error(&e));
+            }
+            return;
+        }
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
         self.lookups.insert(query, peer);
+    }
+
+    /// Ends the lookups of `peer` now that it is connected: the rest of a lookup would only
+    /// connect to more peers.
+    fn end_lookups_of(&mut self, peer: PeerId) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        self.lookups.retain(|query, target| {
+            if *target != peer {
+                return true;
+            }
+            if let Some(mut q) = kad.query_mut(query) {
+                q.finish();
+            }
+            false
+        });
     }
 
     /// A lookup of `Command::FindPeer` progressed: dial the peer if it was found.
@@ -331,10 +407,8 @@ impl EventLoop {
             return;
         }
         if let Some(info) = found.into_iter().find(|p| p.peer_id == target) {
-            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(target)
-                .addresses(info.addrs)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
+            let opts = DialOpts::peer_id(target).addresses(info.addrs).build();
+            if let Err(e) = self.dial(opts) {
                 tracing::debug!(peer = %short(&target), "dial failed: {}", dial_error(&e));
             }
         }
@@ -347,8 +421,13 @@ impl EventLoop {
                 self.shared.listen_addrs_push(address);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } if !self.connected.contains_key(&peer_id) => {
+                self.count_opened(connection_id, &endpoint);
+                self.end_lookups_of(peer_id);
                 self.connected.insert(peer_id, Instant::now());
                 tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = %short(&peer_id), "connected");
                 self.shared
@@ -369,7 +448,17 @@ impl EventLoop {
                 self.shared.peer_disconnected(&peer_id);
                 tracing::debug!(peer = %short(&peer_id), "disconnected");
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                connection_id,
+                endpoint,
+                ..
+            } => self.count_opened(connection_id, &endpoint),
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
+                self.own_dials.remove(&connection_id);
                 tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = ?peer_id.map(|p| short(&p)), connected = self.connected.len(), "dial failed: {}", dial_error(&error));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -404,7 +493,7 @@ impl EventLoop {
                     self.swarm.add_peer_address(peer, address.clone());
                     self.swarm.behaviour_mut().kad.add_address(&peer, address);
                     if !self.connected.contains_key(&peer) {
-                        let _ = self.swarm.dial(peer);
+                        let _ = self.dial(peer);
                     }
                 }
             }
@@ -414,6 +503,9 @@ impl EventLoop {
                 step,
                 ..
             })) => {
+                if matches!(result, kad::QueryResult::Bootstrap(_)) && !step.last {
+                    end_bootstrap(&mut self.swarm.behaviour_mut().kad, id);
+                }
                 let found = match result {
                     kad::QueryResult::GetClosestPeers(Ok(ok)) => ok.peers,
                     kad::QueryResult::GetClosestPeers(Err(
@@ -437,16 +529,31 @@ impl EventLoop {
                     .discovery
                     .should_dial(peer, local, connected, known, Instant::now())
                 {
-                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    let opts = DialOpts::peer_id(peer)
                         .addresses(addresses.into_vec())
                         .build();
-                    if let Err(e) = self.swarm.dial(opts) {
+                    if let Err(e) = self.dial(opts) {
                         tracing::debug!(peer = %short(&peer), "dial failed: {}", dial_error(&e));
                     }
                 }
             }
             _ => {}
         }
+    }
+
+    fn count_opened(&mut self, id: ConnectionId, endpoint: &libp2p::core::ConnectedPoint) {
+        let origin = if !endpoint.is_dialer() {
+            "inbound"
+        } else if self.own_dials.remove(&id) {
+            "node"
+        } else {
+            "protocol"
+        };
+        self.shared
+            .metrics
+            .connections_opened
+            .get_or_create(&crate::metrics::OriginLabel { origin })
+            .inc();
     }
 
     fn gossip(&mut self, entry: Bytes) {
@@ -509,9 +616,10 @@ impl EventLoop {
         }
     }
 
-    /// Closes connections beyond `peers_wanted` that nothing needs: not in the catalog's gossip
-    /// mesh, carrying no log stream either way, and older than [`CONNECTION_GRACE`] (long
-    /// enough for a Kademlia query, a search or a catalog sync to finish), oldest first.
+    /// Once past twice `peers_wanted`, closes connections beyond `peers_wanted` that nothing
+    /// needs: not in the catalog's gossip mesh, carrying no log stream either way, not the owner
+    /// of a followed product, and older than [`CONNECTION_GRACE`] (long enough for a Kademlia
+    /// query, a search or a catalog sync to finish), oldest first.
     ///
     /// libp2p closes idle connections, but gossipsub keeps its substreams open on every
     /// connection, so no connection is ever idle: without this, each peer a Kademlia query
@@ -531,6 +639,15 @@ impl EventLoop {
         }
     }
 
+    /// Dials on behalf of this node's peer rule (not a protocol's), and remembers the dial.
+    fn dial(&mut self, opts: impl Into<DialOpts>) -> Result<(), DialError> {
+        let opts = opts.into();
+        let id = opts.connection_id();
+        self.swarm.dial(opts)?;
+        self.own_dials.insert(id);
+        Ok(())
+    }
+
     /// Dials peers from Kademlia's routing table while short of `peers_wanted`.
     fn refill(&mut self) {
         if self.connected.len() >= self.shared.config.peers_wanted {
@@ -541,7 +658,7 @@ impl EventLoop {
             .discovery
             .refill(known, &self.connected, Instant::now())
         {
-            if let Err(e) = self.swarm.dial(peer) {
+            if let Err(e) = self.dial(peer) {
                 tracing::debug!(peer = %short(&peer), "dial failed: {}", dial_error(&e));
             }
         }
@@ -670,6 +787,8 @@ mod tests {
         let closed = unneeded(&connected, &needed, 2, 64, now);
         assert_eq!(closed, vec![all[1], all[2], all[3]]);
         assert!(unneeded(&connected, &needed, 6, 64, now).is_empty());
+        // Up to twice the wanted count, nothing closes.
+        assert!(unneeded(&connected, &needed, 3, 64, now).is_empty());
         // Near the connection limit, young connections go too, oldest first.
         let closed = unneeded(&connected, &needed, 2, 7, now);
         assert_eq!(closed, vec![all[1], all[2], all[3], all[4]]);

@@ -98,7 +98,8 @@ pub struct Shared {
     /// Upstream products each own product's events cited since start (observed lineage).
     cited: Mutex<HashMap<ProductName, BTreeSet<ProductId>>>,
     last_seen: Mutex<HashMap<PeerId, u64>>,
-    /// Live log streams per peer, served or followed: their connections are kept.
+    /// Live log streams per peer, served or followed, and the owners of followed products:
+    /// their connections are kept.
     log_streams: Mutex<HashMap<PeerId, usize>>,
 }
 
@@ -146,6 +147,10 @@ impl Shared {
         self.peer_joined.send_modify(|n| *n += 1);
     }
 
+    pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
+        lock(&self.peers).contains_key(peer)
+    }
+
     /// Asks the network to find `peer` through Kademlia and connect to it, if it is not
     /// connected. Never waits: when the command queue is full, the next ask will do.
     pub(crate) fn find_peer(&self, peer: PeerId) {
@@ -159,7 +164,8 @@ impl Shared {
         lock(&self.log_streams).keys().copied().collect()
     }
 
-    /// Counts a log stream with `peer` until the guard drops.
+    /// Counts a log stream with `peer` (or a subscription wanting its connection) until the
+    /// guard drops.
     pub(crate) fn log_stream_with(self: &Arc<Self>, peer: PeerId) -> LogStreamGuard {
         *lock(&self.log_streams).entry(peer).or_insert(0) += 1;
         LogStreamGuard {
