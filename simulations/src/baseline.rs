@@ -460,6 +460,8 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
                     .load(std::sync::atomic::Ordering::Relaxed)
             })
             .sum(),
+        // The stock stack keeps no count of who dialled.
+        dialled_by: Default::default(),
     };
     report.memory = Memory {
         rss_before_mib: rss_before,

@@ -4,6 +4,7 @@
 //! Markdown, SVG plots); `meshsim model MODEL.toml` runs the protocol core on a virtual clock;
 //! `meshsim plan SCENARIO.toml` prints the seeded plan without running it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,7 +38,7 @@ enum Command {
         /// Override the scenario's node count.
         #[arg(long)]
         nodes: Option<usize>,
-        /// No progress bar.
+        /// No progress bar; log the phases instead (as when stderr is not a terminal).
         #[arg(long)]
         quiet: bool,
     },
@@ -71,16 +72,24 @@ fn parse_stack(s: &str) -> Result<Stack, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The progress bar shows the phase on a terminal; anywhere else (CI, `nohup`, a pipe) the
+    // phases and node-start counts are logged instead, so a long run shows where it is.
+    let bar =
+        std::io::stderr().is_terminal() && !matches!(cli.command, Command::Run { quiet: true, .. });
+    let default_filter = if bar {
+        "error,libp2p_gossipsub::behaviour=off"
+    } else {
+        "error,mesh_sim=info,libp2p_gossipsub::behaviour=off"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // gossipsub logs an ERROR for every message that races a closing connection,
                 // which closing unneeded connections makes routine.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("error,libp2p_gossipsub::behaviour=off")
-                }),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match execute(cli.command) {
         Ok(true) => ExitCode::SUCCESS,

@@ -185,6 +185,13 @@ impl SimNet {
         }
     }
 
+    /// Connections dialled so far, over every endpoint.
+    pub fn connections_opened(&self) -> u64 {
+        (0..self.inner.wire.len())
+            .map(|i| self.wire(i).connections_opened.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Live connections (both ends up), for the report.
     pub fn live_connections(&self) -> usize {
         let mut state = lock(&self.inner.state);

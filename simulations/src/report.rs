@@ -87,6 +87,11 @@ pub struct TopologyReport {
     pub isolated_nodes: usize,
     /// Connections dialled over the whole run (each costs a noise handshake).
     pub connections_opened: u64,
+    /// The nodes' own count of the connections they dialled (`mesh_connections_opened`), by
+    /// who asked for them: `node` (the node's peer rule) or `protocol` (mostly Kademlia
+    /// queries). Counts restart when a node restarts.
+    #[serde(default)]
+    pub dialled_by: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -307,7 +312,7 @@ impl Report {
         let _ = writeln!(m, "\n## Topology\n");
         let _ = writeln!(
             m,
-            "{} bootstrap graph, {} links (mean degree {:.1}); at the end {} live connections, {:.1} peers per node on average ({} to {}), {} isolated nodes; {} connections dialled during the run.\n",
+            "{} bootstrap graph, {} links (mean degree {:.1}); at the end {} live connections, {:.1} peers per node on average ({} to {}), {} isolated nodes; {} connections dialled during the run{}.\n",
             t.kind,
             t.bootstrap_links,
             t.mean_bootstrap_degree,
@@ -316,7 +321,19 @@ impl Report {
             t.min_peers,
             t.max_peers,
             t.isolated_nodes,
-            t.connections_opened
+            t.connections_opened,
+            if t.dialled_by.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    t.dialled_by
+                        .iter()
+                        .map(|(k, v)| format!("{v} by the {k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
         );
         let tm = &self.timings;
         let _ = writeln!(m, "## Timings\n");

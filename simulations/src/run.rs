@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::PeerId;
 use libp2p::multiaddr::Protocol;
 use mesh_node::hub::{Live, now_micros};
+use mesh_node::metrics::OriginLabel;
 use mesh_node::store::{MemoryStore, SledStore, Store};
 use mesh_node::{NodeConfig, NodeHandle, NodeOptions, TransportKind};
 use mesh_protocol::{Operation, ProductId, ProductName, SecretKey, VerifiedCatalogEntry};
@@ -366,6 +367,7 @@ impl MeshRun {
                 tracing::info!(
                     started = i + 1,
                     rss_mib = measure::rss_mib() as u64,
+                    connections_opened = self.net.connections_opened(),
                     "nodes started"
                 );
             }
@@ -1240,9 +1242,18 @@ impl MeshRun {
         samples.sent_by_node = now.sent_by_proto.iter().take(n).cloned().collect();
         // Topology as it ended up.
         let mut peers = Vec::new();
+        let mut dialled_by = BTreeMap::new();
         for node in 0..n {
             if let Some(h) = self.handle(node).await {
                 peers.push(h.connected_peers().len());
+                for origin in ["node", "protocol"] {
+                    let opened = h
+                        .metrics()
+                        .connections_opened
+                        .get_or_create(&OriginLabel { origin })
+                        .get();
+                    *dialled_by.entry(origin.to_string()).or_insert(0) += opened;
+                }
             }
         }
         let net = &self.net;
@@ -1262,6 +1273,7 @@ impl MeshRun {
                         .load(std::sync::atomic::Ordering::Relaxed)
                 })
                 .sum(),
+            dialled_by,
         };
     }
 
