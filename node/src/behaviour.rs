@@ -73,15 +73,19 @@ pub struct MeshDegree {
 }
 
 impl MeshDegree {
-    /// `D`, kept between `D - 1` and `D + D/2`, with at least `D/2` (at most `D - 1`)
+    /// `D`, kept between `D - 1` and `D + 1`, with at least `D/2` (at most `D - 1`)
     /// outbound peers, as gossipsub requires. `degree` is at least 2 (`NodeConfig::check`).
+    ///
+    /// The upper bound is tight because every mesh peer sends a copy of each entry: a node
+    /// accepts grafts up to it, and with more connections than the mesh needs (up to twice
+    /// `peers_wanted`) meshes filled up to `D + D/2` and copies per delivery rose above 3.
     pub fn new(degree: usize) -> Self {
         let n = degree.max(2);
         let low = n - 1;
         Self {
             n,
             low,
-            high: n + n / 2,
+            high: n + 1,
             outbound_min: (n / 2).min(low),
         }
     }

@@ -187,6 +187,16 @@ impl Catalog {
         self.inner().entries.values().cloned().collect()
     }
 
+    /// The entries of one owner's products, without copying the rest of the catalog.
+    pub fn owned_by(&self, owner: &mesh_protocol::PublicKey) -> Vec<VerifiedCatalogEntry> {
+        self.inner()
+            .entries
+            .values()
+            .filter(|e| e.product().owner() == owner)
+            .cloned()
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.inner().entries.len()
     }

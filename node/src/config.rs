@@ -49,7 +49,7 @@ pub struct NodeConfig {
     pub peers_wanted: usize,
     /// Catalog gossip mesh degree (gossipsub's `D`): each entry is forwarded to about this many
     /// peers, so each node receives about this many copies less one. Default 4; the mesh is
-    /// kept between `D - 1` and `D + D/2` peers. At least 2.
+    /// kept between `D - 1` and `D + 1` peers. At least 2.
     pub gossip_degree: usize,
     /// Most log streams this node serves at once. Default 256.
     pub served_streams_max: usize,

@@ -701,12 +701,7 @@ impl NodeHandle {
 
     /// The current catalog entries of this node's own products.
     fn own_entries(&self) -> Vec<VerifiedCatalogEntry> {
-        self.shared
-            .catalog
-            .entries()
-            .into_iter()
-            .filter(|e| e.product().owner() == &self.shared.public_key)
-            .collect()
+        self.shared.catalog.owned_by(&self.shared.public_key)
     }
 
     /// Re-announces what each own product consumes where it changed (after a subscription,
@@ -983,9 +978,8 @@ impl NodeHandle {
             .collect();
         let products = s
             .catalog
-            .entries()
+            .owned_by(&s.public_key)
             .into_iter()
-            .filter(|e| e.product().owner() == &s.public_key)
             .map(|e| OwnProductView {
                 head_seq: self.head_seq(e.product()),
                 revision: e.revision(),
