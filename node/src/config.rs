@@ -43,7 +43,7 @@ pub struct NodeConfig {
     /// Most established connections (at most two per peer); further ones are refused. Default 64.
     pub peers_max: usize,
     /// Peers Kademlia finds are dialled while fewer than this many are connected; past twice
-    /// this many, connections nothing needs (outside the gossip mesh, no log stream, not a
+    /// this many (or three quarters of `peers_max`, if fewer), connections nothing needs (outside the gossip mesh, no log stream, not a
     /// followed product's owner) are closed down to it.
     /// Default 8, a little more than the gossip mesh keeps. At most `peers_max`.
     pub peers_wanted: usize,

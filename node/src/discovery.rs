@@ -204,8 +204,18 @@ pub async fn follow_catalog(
             Ok(entry) => {
                 // Take whatever else is queued, so a burst is one blocking task.
                 let mut batch = vec![entry.product().clone()];
-                while let Ok(more) = changes.try_recv() {
-                    batch.push(more.product().clone());
+                let mut lagged = false;
+                loop {
+                    match changes.try_recv() {
+                        Ok(more) => batch.push(more.product().clone()),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+                        Err(_) => break,
+                    }
+                }
+                if lagged {
+                    // Changes were dropped while this batch was taken: only a rebuild sees them.
+                    rebuild(shared.clone()).await;
+                    continue;
                 }
                 batch.sort();
                 batch.dedup();

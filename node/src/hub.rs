@@ -507,11 +507,11 @@ impl Appender {
         let Some(sender) = lock(&self.sender).clone() else {
             return Err(AppendError::ShuttingDown);
         };
-        // A full queue makes the caller wait for room.
-        sender
-            .send(request)
-            .await
-            .map_err(|_| AppendError::ShuttingDown)?;
+        // A full queue makes the caller wait for room. The sender goes at once: `stop` waits
+        // for the commit thread, which ends when the last sender is dropped.
+        let sent = sender.send(request).await;
+        drop(sender);
+        sent.map_err(|_| AppendError::ShuttingDown)?;
         rx.await.map_err(|_| AppendError::ShuttingDown)?
     }
 }

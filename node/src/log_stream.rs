@@ -318,14 +318,16 @@ pub async fn follow(
             shared.find_peer(owner);
         }
         let mut progressed = false;
-        let owner_was_connected = owner.is_some_and(|o| shared.is_connected(&o));
+        // Set when the owner could not be reached this round for want of a connection.
+        let mut owner_unreachable = false;
         for peer in sources(&shared, &product) {
             if cancel.is_cancelled() {
                 return;
             }
             // The owner's lookup connected it while other peers were being asked: the owner
-            // comes first, and each of the other peers costs a round trip.
-            if !owner_was_connected && owner.is_some_and(|o| o != peer && shared.is_connected(&o)) {
+            // comes first, and each of the other peers costs a round trip. Not after a refusal,
+            // nor when the owner was connected and still failed (no loop without a wait).
+            if owner_unreachable && owner.is_some_and(|o| o != peer && shared.is_connected(&o)) {
                 continue 'rounds;
             }
             let before = shared.hub.head(&product).map_or(0, |h| h.seq());
@@ -338,6 +340,10 @@ pub async fn follow(
             progressed |= after > before;
             if Some(peer) == owner && matches!(result, Err(StreamError::Refused(_))) {
                 owner_refused = Some(Instant::now());
+            }
+            if Some(peer) == owner {
+                owner_unreachable =
+                    matches!(result, Err(StreamError::Open(_))) && !shared.is_connected(&peer);
             }
             match result {
                 Err(StreamError::SwitchToOwner) => {

@@ -263,6 +263,8 @@ pub(crate) struct EventLoop {
     looked_up: HashMap<PeerId, Instant>,
     /// Peers `FindPeer` dialled at their routing-table addresses, and when.
     dialled_direct: HashMap<PeerId, Instant>,
+    /// Those dials still under way: if one fails, the peer is looked up at once.
+    direct_dials: HashMap<ConnectionId, PeerId>,
     /// Dials of this node's own peer rule still under way, to tell its connections from those
     /// a protocol opened (`mesh_connections_opened`).
     own_dials: HashSet<ConnectionId>,
@@ -281,6 +283,7 @@ impl EventLoop {
             lookups: HashMap::new(),
             looked_up: HashMap::new(),
             dialled_direct: HashMap::new(),
+            direct_dials: HashMap::new(),
             own_dials: HashSet::new(),
             shared,
             topic: IdentTopic::new(CATALOG_TOPIC),
@@ -351,7 +354,7 @@ impl EventLoop {
     /// Connects to `peer`: straight to the addresses Kademlia's routing table holds for it
     /// when there are some and they were not tried in the last [`DIRECT_AGAIN_AFTER`], else
     /// through a lookup (which connects to a few dozen peers on its way; it ends as soon as
-    /// the peer is connected).
+    /// the peer is connected). A direct dial that fails is followed by a lookup at once.
     fn find_peer(&mut self, peer: PeerId) {
         let now = Instant::now();
         self.looked_up
@@ -371,10 +374,18 @@ impl EventLoop {
         {
             self.dialled_direct.insert(peer, now);
             let opts = DialOpts::peer_id(peer).addresses(addresses).build();
-            if let Err(e) = self.dial(opts) {
-                tracing::debug!(peer = %short(&peer), "dial failed: {}", dial_error(&e));
+            let id = opts.connection_id();
+            match self.dial(opts) {
+                Ok(()) => {
+                    self.direct_dials.insert(id, peer);
+                    return;
+                }
+                // Already being dialled (e.g. by a stream opening to it).
+                Err(DialError::DialPeerConditionFalse(_)) => return,
+                Err(e) => {
+                    tracing::debug!(peer = %short(&peer), "dial failed: {}", dial_error(&e));
+                }
             }
-            return;
         }
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
         self.lookups.insert(query, peer);
@@ -459,6 +470,12 @@ impl EventLoop {
                 connection_id,
             } => {
                 self.own_dials.remove(&connection_id);
+                if let Some(peer) = self.direct_dials.remove(&connection_id) {
+                    // The routing table's addresses were stale: look the peer up now rather
+                    // than at the next ask.
+                    self.looked_up.remove(&peer);
+                    self.find_peer(peer);
+                }
                 tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = ?peer_id.map(|p| short(&p)), connected = self.connected.len(), "dial failed: {}", dial_error(&error));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -542,6 +559,7 @@ impl EventLoop {
     }
 
     fn count_opened(&mut self, id: ConnectionId, endpoint: &libp2p::core::ConnectedPoint) {
+        self.direct_dials.remove(&id);
         let origin = if !endpoint.is_dialer() {
             "inbound"
         } else if self.own_dials.remove(&id) {

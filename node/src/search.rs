@@ -48,8 +48,9 @@
 //! # Commits
 //!
 //! A tantivy commit costs milliseconds (tens of them on a busy machine: it hands the new segment
-//! between several threads), so [`SearchIndex::upsert`] does not commit. It hands the document
-//! to tantivy's writer and keeps it, analyzed, in a small pending set that every search scans
+//! between several threads), so [`SearchIndex::upsert`] does not commit. It queues the document
+//! for tantivy's writer (handed over at the commit: a writer holding uncommitted documents keeps
+//! ~14 MiB of arenas) and keeps it, analyzed, in a small pending set that every search scans
 //! directly, scoring it with the same BM25 arithmetic tantivy applies once it is committed
 //! (same token counts, same quantized field norms, same statistics). So a search sees every
 //! upsert that returned before it began, never waits for a commit, and gives the same scores
@@ -96,6 +97,9 @@ pub const QUERY_TERMS_MAX: usize = 16;
 pub const FACET_VALUES_MAX: usize = 50;
 /// Upserts kept pending (scanned by every search) before they are committed to tantivy.
 pub const PENDING_MAX: usize = 256;
+/// Most writer changes queued before a commit, whatever the pending set holds: re-upserting a
+/// pending product, or removing one, queues changes without growing the pending set.
+const QUEUED_MAX: usize = 2 * PENDING_MAX;
 
 /// A discovery query. Every filter is an exact value, as the facets show it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -264,7 +268,9 @@ impl SearchIndex {
         let prepared = self.prepare(entry);
         let mut state = self.state.write().map_err(|_| SearchError::Poisoned)?;
         state.apply(&self.fields, prepared, true)?;
-        if state.table.pending.len() >= self.pending_max {
+        // Re-upserting a pending product replaces it in the pending set but queues a delete and
+        // a document each time: bound the queue too.
+        if state.table.pending.len() >= self.pending_max || state.queued.len() >= QUEUED_MAX {
             state.commit()?;
         }
         Ok(())
@@ -282,6 +288,8 @@ impl SearchIndex {
             for p in prepared {
                 state.apply(&self.fields, p, false)?;
             }
+            // Hand each chunk over, so the queue never holds the whole catalog.
+            state.flush_queued()?;
         }
         state.commit()
     }
@@ -296,6 +304,9 @@ impl SearchIndex {
                 u64::from(slot),
             )));
             table.remove(slot);
+        }
+        if queued.len() >= QUEUED_MAX {
+            state.commit()?;
         }
         Ok(())
     }
@@ -845,18 +856,29 @@ impl State {
         Ok(())
     }
 
-    /// Commits the writer, shows the commit to searches, and empties the pending set.
-    fn commit(&mut self) -> Result<(), SearchError> {
-        for op in self.queued.drain(..) {
+    /// Hands the queued changes to the writer, in order. If the writer fails (its indexing
+    /// thread is gone), the changes not yet handed over stay queued.
+    fn flush_queued(&mut self) -> Result<(), SearchError> {
+        let mut ops = std::mem::take(&mut self.queued).into_iter();
+        while let Some(op) = ops.next() {
             match op {
                 WriterOp::Add(document) => {
-                    self.writer.add_document(document)?;
+                    if let Err(e) = self.writer.add_document(document) {
+                        self.queued.extend(ops);
+                        return Err(e.into());
+                    }
                 }
                 WriterOp::Delete(term) => {
                     self.writer.delete_term(term);
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Commits the writer, shows the commit to searches, and empties the pending set.
+    fn commit(&mut self) -> Result<(), SearchError> {
+        self.flush_queued()?;
         self.writer.commit()?;
         self.reader.reload()?;
         self.view = View::new(self.reader.searcher(), Some(&self.view))?;
@@ -2208,6 +2230,25 @@ mod tests {
 
     fn pending(index: &SearchIndex) -> usize {
         index.state.read().unwrap().table.pending.len()
+    }
+
+    #[test]
+    fn writer_changes_stay_bounded_when_one_product_changes_again_and_again() {
+        let index = SearchIndex::new().unwrap();
+        let key = key(1);
+        let s = spec("orders", "sales", "every order", &["gold"]);
+        let queued = |index: &SearchIndex| index.state.read().unwrap().queued.len();
+        // The pending set holds one product throughout, so only the queue's bound commits.
+        for revision in 1..=(QUEUED_MAX as u64) {
+            index.upsert(&entry(&key, revision, &s)).unwrap();
+            assert!(queued(&index) < QUEUED_MAX, "revision {revision}");
+        }
+        assert_eq!(pending(&index), 1);
+        assert!(
+            deleted_docs(&index) > 0,
+            "the queue was never handed to the writer"
+        );
+        assert_eq!(index.search(&query("order")).unwrap().total, 1);
     }
 
     fn deleted_docs(index: &SearchIndex) -> u32 {

@@ -37,12 +37,30 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Opens the store at `path`, creating it if needed.
+    ///
+    /// A store closed a moment ago (a node restarting in the same process) can still be held
+    /// by sled's background threads, which keep its file lock until they finish; opening waits
+    /// up to [`LOCK_WAIT`] for the lock before failing. A store another process holds fails
+    /// after that wait.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = ::sled::Config::new()
-            .path(path)
-            // Fewer, larger writes; we flush explicitly at every commit point.
-            .flush_every_ms(None)
-            .open()?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = ::sled::Config::new()
+                .path(path)
+                // Fewer, larger writes; we flush explicitly at every commit point.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Err(::sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let tree = db.open_tree("mesh")?;
         Ok(Self { db, tree })
     }
@@ -52,6 +70,9 @@ impl SledStore {
         Ok(())
     }
 }
+
+/// How long [`SledStore::open`] waits for a lock held by a store that is still closing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn key(kind: u8, product: &ProductId, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 32 + suffix.len());
