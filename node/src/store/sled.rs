@@ -41,7 +41,7 @@ impl SledStore {
     ///
     /// A store closed a moment ago (a node restarting in the same process) can still be held
     /// by sled's background threads, which keep its file lock until they finish; opening waits
-    /// up to [`LOCK_WAIT`] for the lock before failing. A store another process holds fails
+    /// up to 1 s (`LOCK_WAIT`) for the lock before failing. A store another process holds fails
     /// after that wait.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
