@@ -148,8 +148,8 @@ pub fn routing_table_peers(kad: &mut kad::Behaviour<kad::store::MemoryStore>) ->
 ///
 /// rust-libp2p starts a bootstrap whenever a peer enters a routing table holding fewer than 20,
 /// and that cannot be switched off (`set_automatic_bootstrap_throttle` is test-only). Each of
-/// those lookups connects to a few dozen peers: at 1000 nodes one bootstrap made ~10 of them
-/// and ~250 connections, and every starting node made one. The own-id lookup finds the
+/// those lookups connects to a few dozen peers: in a 300-node simulation a bootstrap made ~10
+/// of them (~26 connections each), and every starting node made at least one. The own-id lookup finds the
 /// neighbourhood, which is what the node needs; peers are found on demand ([`Command::FindPeer`]).
 /// A bootstrap reports each finished lookup: finishing the query then ends the next lookup
 /// before it sends anything.
