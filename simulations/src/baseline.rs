@@ -238,7 +238,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
         ..Report::default()
     };
     let rss_before = measure::rss_mib();
-    bar.set_message("starting swarms");
+    phase(&bar, "starting swarms");
     bar.set_length(n as u64);
     let mut senders = Vec::with_capacity(n);
     let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(n);
@@ -283,7 +283,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
         tokio::task::yield_now().await;
     }
     report.timings.start_nodes_s = started.elapsed().as_secs_f64();
-    bar.set_message("warm-up");
+    phase(&bar, "warm-up");
     tokio::time::sleep(scenario.warmup).await;
     report.timings.warmup_s = scenario.warmup.as_secs_f64();
     let rss_started = measure::rss_mib();
@@ -336,7 +336,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
                 .map_err(|e| anyhow::anyhow!("publish: {e}"))
         }
     };
-    bar.set_message("publishing the catalog");
+    phase(&bar, "publishing the catalog");
     let publish_start = Instant::now();
     let mut publish_errors = 0u64;
     for p in 0..products.len() {
@@ -355,7 +355,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
     // Workload: the catalog updates (and link faults) of the plan.
     let before = NetSnapshot::take(&net);
     let t0 = Instant::now();
-    bar.set_message("workload");
+    phase(&bar, "workload");
     bar.set_length(scenario.duration.as_millis() as u64);
     bar.set_position(0);
     let mut updates = 0u64;
@@ -385,7 +385,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
     }
     let after = NetSnapshot::take(&net);
     report.timings.workload_s = end.duration_since(t0).as_secs_f64();
-    bar.set_message("settling");
+    phase(&bar, "settling");
     let settle_start = Instant::now();
     report.timings.settle_s = wait(scenario.settle, || {
         let latest = rec.latest();
@@ -615,4 +615,10 @@ pub fn forge_entry(genuine: &Bytes, bump: u64) -> Option<Vec<u8>> {
     body.revision = body.revision.saturating_add(1000 + bump);
     envelope.body = Bytes::from(body.encode_to_vec());
     Some(envelope.encode_to_vec())
+}
+
+/// Shows a phase on the progress bar and in the log, as the mesh run does.
+fn phase(bar: &ProgressBar, what: &'static str) {
+    bar.set_message(what);
+    tracing::info!(rss_mib = measure::rss_mib() as u64, "{what}");
 }
