@@ -297,15 +297,10 @@ impl SearchIndex {
     /// Removes a product; removing one that is not indexed does nothing.
     pub fn remove(&self, product: &ProductId) -> Result<(), SearchError> {
         let mut state = self.state.write().map_err(|_| SearchError::Poisoned)?;
-        let State { queued, table, .. } = &mut *state;
-        if let Some(slot) = table.by_product.get(&product.to_string()).copied() {
-            queued.push(WriterOp::Delete(Term::from_field_u64(
-                self.fields.slot,
-                u64::from(slot),
-            )));
-            table.remove(slot);
+        if let Some(slot) = state.table.by_product.get(&product.to_string()).copied() {
+            state.drop_slot(&self.fields, slot);
         }
-        if queued.len() >= QUEUED_MAX {
+        if state.queued.len() >= QUEUED_MAX {
             state.commit()?;
         }
         Ok(())
@@ -841,11 +836,7 @@ impl State {
             {
                 return Ok(());
             }
-            self.queued.push(WriterOp::Delete(Term::from_field_u64(
-                fields.slot,
-                u64::from(slot),
-            )));
-            self.table.remove(slot);
+            self.drop_slot(fields, slot);
         }
         let slot = self.table.next_slot();
         document.add_u64(fields.slot, u64::from(slot));
@@ -854,6 +845,15 @@ impl State {
         self.queued.push(WriterOp::Add(document));
         self.table.insert(slot, doc, terms, searchable_now);
         Ok(())
+    }
+
+    /// Removes a slot's document: from the table now, from tantivy at the next commit.
+    fn drop_slot(&mut self, fields: &Fields, slot: u32) {
+        self.queued.push(WriterOp::Delete(Term::from_field_u64(
+            fields.slot,
+            u64::from(slot),
+        )));
+        self.table.remove(slot);
     }
 
     /// Hands the queued changes to the writer, in order. If the writer fails (its indexing

@@ -453,13 +453,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
         min_peers: peers.iter().copied().min().unwrap_or(0),
         max_peers: peers.iter().copied().max().unwrap_or(0),
         isolated_nodes: peers.iter().filter(|&&p| p == 0).count(),
-        connections_opened: (0..n)
-            .map(|i| {
-                net.wire(i)
-                    .connections_opened
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum(),
+        connections_opened: net.connections_opened(n),
         // The stock stack keeps no count of who dialled.
         dialled_by: Default::default(),
     };

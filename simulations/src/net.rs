@@ -185,9 +185,9 @@ impl SimNet {
         }
     }
 
-    /// Connections dialled so far, over every endpoint.
-    pub fn connections_opened(&self) -> u64 {
-        (0..self.inner.wire.len())
+    /// Connections dialled so far by endpoints `0..endpoints` (the nodes, without the rogue).
+    pub fn connections_opened(&self, endpoints: usize) -> u64 {
+        (0..endpoints)
             .map(|i| self.wire(i).connections_opened.load(Ordering::Relaxed))
             .sum()
     }

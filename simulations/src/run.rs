@@ -367,7 +367,7 @@ impl MeshRun {
                 tracing::info!(
                     started = i + 1,
                     rss_mib = measure::rss_mib() as u64,
-                    connections_opened = self.net.connections_opened(),
+                    connections_opened = self.net.connections_opened(n),
                     "nodes started"
                 );
             }
@@ -1266,13 +1266,7 @@ impl MeshRun {
             min_peers: peers.iter().copied().min().unwrap_or(0),
             max_peers: peers.iter().copied().max().unwrap_or(0),
             isolated_nodes: peers.iter().filter(|&&p| p == 0).count(),
-            connections_opened: (0..n)
-                .map(|i| {
-                    net.wire(i)
-                        .connections_opened
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                })
-                .sum(),
+            connections_opened: net.connections_opened(n),
             dialled_by,
         };
     }
