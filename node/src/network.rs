@@ -21,13 +21,17 @@ use rand::seq::{IteratorRandom, SliceRandom};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, CATALOG_TOPIC};
+use crate::catalog::Outcome;
 use crate::node::Shared;
 use crate::sync_catalog;
 
 /// Capacity of the command queue into the event loop.
 pub const COMMAND_QUEUE: usize = 1024;
-/// Most gossiped entries checked at once.
-const VALIDATIONS_MAX: usize = 64;
+/// Most gossiped entries waiting for their check. Past it an entry is ignored (not forwarded;
+/// anti-entropy delivers it later) rather than queued without limit.
+const CHECKS_QUEUED_MAX: usize = 1024;
+/// Most gossiped entries checked in one batch (one signature batch, one store flush).
+const CHECK_BATCH_MAX: usize = 256;
 /// Most entries held back while no peer has the catalog topic; anti-entropy covers the rest.
 const UNSENT_MAX: usize = 1024;
 /// How often the node checks whether it needs more peers (and then asks Kademlia for them).
@@ -222,11 +226,9 @@ pub fn unneeded(
 pub enum Command {
     /// Gossip an encoded catalog entry.
     Gossip { entry: Bytes },
-    /// The verdict on a gossiped message, after our own checks.
+    /// Verdicts on gossiped messages, after our own checks.
     Validated {
-        id: MessageId,
-        source: PeerId,
-        acceptance: MessageAcceptance,
+        verdicts: Vec<(MessageId, PeerId, MessageAcceptance)>,
     },
     /// Dial an address (bootstrap peers, `meshnode run --peer`).
     Dial {
@@ -246,6 +248,73 @@ const LOOKUP_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// it up instead (the addresses may be stale).
 const DIRECT_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
+/// A gossiped catalog entry waiting for the node's own checks.
+#[derive(Debug)]
+struct GossipCheck {
+    id: MessageId,
+    source: PeerId,
+    data: Bytes,
+}
+
+/// Checks gossiped entries off the event loop and reports each verdict back to it. Whatever
+/// queued while one batch was checked is the next batch, so a burst costs one signature batch
+/// and one store flush per batch, while a lone entry is checked at once.
+async fn check_gossip(shared: Arc<Shared>, mut queued: mpsc::Receiver<GossipCheck>) {
+    let mut batch = Vec::with_capacity(CHECK_BATCH_MAX);
+    while queued.recv_many(&mut batch, CHECK_BATCH_MAX).await > 0 {
+        let checks = std::mem::take(&mut batch);
+        let senders: Vec<(MessageId, PeerId)> =
+            checks.iter().map(|c| (c.id.clone(), c.source)).collect();
+        let task_shared = shared.clone();
+        let acceptances = tokio::task::spawn_blocking(move || {
+            let peers: Vec<String> = checks.iter().map(|c| short(&c.source)).collect();
+            let received = checks
+                .into_iter()
+                .zip(&peers)
+                .map(|(c, peer)| (c.data, peer.as_str()));
+            match task_shared.catalog.accept_many(received) {
+                Ok(accepted) => accepted.outcomes.iter().map(verdict).collect(),
+                Err(e) => {
+                    tracing::error!("cannot store catalog entries: {e}");
+                    Vec::new()
+                }
+            }
+        })
+        .await
+        .unwrap_or_default();
+        // A verdict must never be lost, or gossipsub would hold the message until its cache
+        // forgets it: entries without one (a failed store, a failed task) are ignored.
+        let verdicts = senders
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, source))| {
+                let acceptance = acceptances
+                    .get(i)
+                    .cloned()
+                    .unwrap_or(MessageAcceptance::Ignore);
+                (id, source, acceptance)
+            })
+            .collect();
+        if shared
+            .commands
+            .send(Command::Validated { verdicts })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Gossipsub's verdict on an entry: forwarded only if it is valid and changed something here.
+fn verdict(outcome: &Outcome) -> MessageAcceptance {
+    match outcome {
+        Outcome::Rejected(_) => MessageAcceptance::Reject,
+        o if o.worth_forwarding() => MessageAcceptance::Accept,
+        _ => MessageAcceptance::Ignore,
+    }
+}
+
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -255,8 +324,10 @@ pub(crate) struct EventLoop {
     connected: HashMap<PeerId, Instant>,
     /// Entries published while no peer had the topic; gossiped when one subscribes.
     unsent: Vec<Bytes>,
-    /// Gossiped entries being checked at once, at most.
-    validations: Arc<tokio::sync::Semaphore>,
+    /// Gossiped entries waiting for [`check_gossip`], and its end of the queue until `run`
+    /// starts it.
+    checks: mpsc::Sender<GossipCheck>,
+    checks_queued: Option<mpsc::Receiver<GossipCheck>>,
     discovery: PeerDiscovery,
     /// Peers being looked up (`Command::FindPeer`), by query, and when each was last asked for.
     lookups: HashMap<kad::QueryId, PeerId>,
@@ -276,6 +347,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
     ) -> Self {
+        let (checks, checks_queued) = mpsc::channel(CHECKS_QUEUED_MAX);
         Self {
             swarm,
             commands,
@@ -289,13 +361,17 @@ impl EventLoop {
             topic: IdentTopic::new(CATALOG_TOPIC),
             connected: HashMap::new(),
             unsent: Vec::new(),
-            validations: Arc::new(tokio::sync::Semaphore::new(VALIDATIONS_MAX)),
+            checks,
+            checks_queued: Some(checks_queued),
         }
     }
 
     pub async fn run(mut self) {
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&self.topic) {
             tracing::error!("cannot subscribe to the catalog topic: {e}");
+        }
+        if let Some(queued) = self.checks_queued.take() {
+            self.shared.spawn(check_gossip(self.shared.clone(), queued));
         }
         let mut sync_tick = tokio::time::interval(self.shared.config.catalog_sync_interval);
         let mut look_tick = tokio::time::interval(LOOK_INTERVAL);
@@ -321,15 +397,11 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Gossip { entry } => self.gossip(entry),
-            Command::Validated {
-                id,
-                source,
-                acceptance,
-            } => {
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
+            Command::Validated { verdicts } => {
+                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+                for (id, source, acceptance) in verdicts {
+                    gossipsub.report_message_validation_result(&id, &source, acceptance);
+                }
             }
             Command::Dial { address, reply } => {
                 let result = self.dial(address.clone()).map_err(|e| dial_error(&e));
@@ -596,36 +668,24 @@ impl EventLoop {
 
     /// Checks a gossiped entry off the loop and reports the verdict to gossipsub.
     fn on_gossip(&mut self, source: PeerId, id: MessageId, data: Vec<u8>) {
-        // Bound the checks in flight: past the bound, the message is not forwarded (anti-entropy
-        // delivers the entry later), rather than queueing without limit.
-        let Ok(permit) = self.validations.clone().try_acquire_owned() else {
+        let check = GossipCheck {
+            id,
+            source,
+            data: Bytes::from(data),
+        };
+        if let Err(e) = self.checks.try_send(check) {
+            let (mpsc::error::TrySendError::Full(check) | mpsc::error::TrySendError::Closed(check)) =
+                e;
             self.shared.metrics.reject_entry("overloaded");
             self.swarm
                 .behaviour_mut()
                 .gossipsub
-                .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
-            return;
-        };
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let peer = short(&source);
-            let acceptance = match shared.catalog.accept_many(vec![Bytes::from(data)], &peer) {
-                Ok(accepted) if accepted.rejected.is_empty() => MessageAcceptance::Accept,
-                Ok(_) => MessageAcceptance::Reject,
-                Err(e) => {
-                    tracing::error!("cannot store a catalog entry: {e}");
-                    MessageAcceptance::Ignore
-                }
-            };
-            // A blocking task may wait for room: the verdict must not be lost, or gossipsub
-            // would hold the message until its validation times out.
-            let _ = shared.commands.blocking_send(Command::Validated {
-                id,
-                source,
-                acceptance,
-            });
-        });
+                .report_message_validation_result(
+                    &check.id,
+                    &check.source,
+                    MessageAcceptance::Ignore,
+                );
+        }
     }
 
     fn sync_with_random_peer(&mut self) {

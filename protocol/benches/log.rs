@@ -11,8 +11,8 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey, Verifier};
 use mesh_protocol::{
-    Config, LogHead, Operation, ProductId, ProductName, SecretKey, SignedEvent, VerifiedEvent,
-    verify_batch,
+    CatalogEntry, Config, Descriptor, LogHead, Operation, ProductId, ProductName, SecretKey,
+    SignedCatalogEntry, SignedEvent, VerifiedCatalogEntry, VerifiedEvent, verify_batch,
 };
 
 const PAYLOAD_SIZES: [usize; 2] = [200, 1024];
@@ -125,6 +125,73 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
+const CATALOG_YAML: &str = "\
+name: orders
+domain: sales
+owner: sales-data@example.com
+description: Every order placed in the web shop, one record per order id.
+tags: [orders, revenue, customers]
+version: 1.2.0
+schema:
+  fields:
+    - name: order_id
+      type: string
+    - name: customer_email
+      type: string
+      pii: true
+output_ports:
+  - name: changes
+    kind: change-log
+";
+
+/// Catalog entries as gossip and anti-entropy bring them: one owner per entry, so a batch
+/// cannot merge key terms the way a log's batch does.
+fn catalog(c: &mut Criterion) {
+    let config = Config::default();
+    let descriptor = Descriptor::from_yaml(CATALOG_YAML, &config).unwrap();
+    let entries: Vec<VerifiedCatalogEntry> = (0..256u32)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            let owner = SecretKey::from_bytes(&seed);
+            CatalogEntry {
+                product: product(&owner),
+                revision: 1,
+                timestamp_micros: 1_763_700_000_000_000,
+                descriptor: descriptor.clone(),
+                consumes: Vec::new(),
+            }
+            .sign(&owner, &config)
+            .unwrap()
+        })
+        .collect();
+    let encoded: Vec<Bytes> = entries.iter().map(|e| e.encoded().clone()).collect();
+    let mut g = c.benchmark_group("catalog");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("decode_verify_one", |b| {
+        b.iter(|| VerifiedCatalogEntry::decode_and_verify(black_box(encoded[0].clone()), &config))
+    });
+    for batch in [16usize, 64, 256] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("decode_verify_batch{batch}"), |b| {
+            b.iter_batched(
+                || encoded[..batch].to_vec(),
+                |bytes| {
+                    let decoded = bytes
+                        .into_iter()
+                        .map(|b| SignedCatalogEntry::decode(b, &config).unwrap())
+                        .collect();
+                    let verified = SignedCatalogEntry::verify_batch(decoded);
+                    assert!(verified.iter().all(Result::is_ok));
+                    verified
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn chain_check(c: &mut Criterion) {
     let owner = SecretKey::from_bytes(&[1; 32]);
     let events = log(&owner, 1024, 200);
@@ -141,5 +208,5 @@ fn chain_check(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, raw, append, verify, chain_check);
+criterion_group!(benches, raw, append, verify, catalog, chain_check);
 criterion_main!(benches);

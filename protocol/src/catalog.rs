@@ -20,7 +20,7 @@ use crate::descriptor::{
 };
 use crate::error::{BuildError, DecodeError, ProofError, VerifyError};
 use crate::identity::{ProductId, SecretKey};
-use crate::signed::{CATALOG_SIGNING_CONTEXT, Envelope};
+use crate::signed::{self, CATALOG_SIGNING_CONTEXT, Envelope};
 use crate::wire::{self, pb};
 
 /// The id of a catalog entry: blake3 of its encoded body.
@@ -232,6 +232,17 @@ impl SignedCatalogEntry {
         self.envelope
             .verify(self.entry.product.owner(), CATALOG_SIGNING_CONTEXT)?;
         Ok(VerifiedCatalogEntry(self))
+    }
+
+    /// Verifies many entries at once (ed25519 batch verification, about twice as fast per
+    /// entry as one by one); results in input order, and a bad entry never fails a good one.
+    pub fn verify_batch(entries: Vec<Self>) -> Vec<Result<VerifiedCatalogEntry, VerifyError>> {
+        signed::verify_batch(entries, CATALOG_SIGNING_CONTEXT, |e| {
+            (&e.envelope, e.entry.product.owner())
+        })
+        .into_iter()
+        .map(|r| r.map(VerifiedCatalogEntry))
+        .collect()
     }
 
     pub fn id(&self) -> EntryId {

@@ -5,7 +5,6 @@
 //! stores, serves or applies events takes `VerifiedEvent`, so it cannot be handed an unverified
 //! one by mistake.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -13,10 +12,9 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::config::Config;
-use crate::ed25519::{self, VerifyingPoint};
 use crate::error::{BuildError, DecodeError, VerifyError};
-use crate::identity::{ProductId, PublicKey, SecretKey};
-use crate::signed::{EVENT_SIGNING_CONTEXT, Envelope};
+use crate::identity::{ProductId, SecretKey};
+use crate::signed::{self, EVENT_SIGNING_CONTEXT, Envelope};
 use crate::wire::{self, pb};
 
 /// The id of an event: blake3 of its encoded body. Prints as 64 hex digits.
@@ -453,57 +451,10 @@ impl VerifiedEvent {
 /// its own to find which ones are bad, so one forgery costs its batch the speed-up but never
 /// rejects a good event.
 pub fn verify_batch(events: Vec<SignedEvent>) -> Vec<Result<VerifiedEvent, VerifyError>> {
-    let mut keys: HashMap<PublicKey, Result<VerifyingPoint, VerifyError>> = HashMap::new();
-    let mut candidates = Vec::with_capacity(events.len());
-    let mut results: Vec<Option<Result<VerifiedEvent, VerifyError>>> =
-        Vec::with_capacity(events.len());
-    for event in events {
-        let checked = event
-            .envelope
-            .check_author(event.event.product.owner())
-            .and_then(|()| {
-                keys.entry(event.envelope.signer)
-                    .or_insert_with(|| {
-                        event
-                            .envelope
-                            .signer
-                            .to_verifying_key()
-                            .map_err(|e| VerifyError::InvalidKey(e.to_string()))
-                    })
-                    .clone()
-            });
-        match checked {
-            Ok(key) => {
-                candidates.push((results.len(), key, event));
-                results.push(None);
-            }
-            Err(e) => results.push(Some(Err(e))),
-        }
-    }
-    let messages: Vec<Vec<u8>> = candidates
-        .iter()
-        .map(|(_, _, e)| e.envelope.signing_message(EVENT_SIGNING_CONTEXT))
-        .collect();
-    let items: Vec<_> = candidates
-        .iter()
-        .zip(&messages)
-        .map(|((_, key, e), message)| (key, message.as_slice(), &e.envelope.signature))
-        .collect();
-    let batch_ok = ed25519::verify_batch(&items);
-    drop(items);
-    for (index, key, event) in candidates {
-        results[index] = Some(if batch_ok {
-            Ok(VerifiedEvent(event))
-        } else {
-            event
-                .envelope
-                .verify_with(&key, EVENT_SIGNING_CONTEXT)
-                .map(|()| VerifiedEvent(event))
-        });
-    }
-    // Every slot was filled above: rejected events in the first loop, candidates in the second.
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or(Err(VerifyError::BadSignature)))
-        .collect()
+    signed::verify_batch(events, EVENT_SIGNING_CONTEXT, |e| {
+        (&e.envelope, e.event.product.owner())
+    })
+    .into_iter()
+    .map(|r| r.map(VerifiedEvent))
+    .collect()
 }

@@ -88,8 +88,32 @@ impl CatalogSummary {
         CatalogDigest(self.buckets.clone())
     }
 
-    /// The buckets in which `theirs` differs from this summary.
+    /// blake3 over the bucket hashes in bucket order: equal roots, equal catalogs (but for a
+    /// hash collision).
+    pub fn root(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        for bucket in &self.buckets {
+            hasher.update(bucket);
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    /// The answer to a digest request: [`CatalogDigest::same`] when the asker's root is this
+    /// summary's, else every bucket hash.
+    pub fn digest_for(&self, asker_root: Option<&[u8; 32]>) -> CatalogDigest {
+        if asker_root == Some(&self.root()) {
+            CatalogDigest::same()
+        } else {
+            self.digest()
+        }
+    }
+
+    /// The buckets in which `theirs` differs from this summary (none when `theirs` says the
+    /// catalogs are the same).
     pub fn differing_buckets(&self, theirs: &CatalogDigest) -> Vec<u32> {
+        if theirs.is_same() {
+            return Vec::new();
+        }
         (0..CATALOG_BUCKETS)
             .filter(|&i| self.buckets[i] != theirs.0[i])
             .filter_map(|i| u32::try_from(i).ok())
@@ -135,11 +159,20 @@ fn wins(a: (u64, EntryId), b: (u64, EntryId)) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
-/// One bucket hash per bucket.
+/// One bucket hash per bucket, or none: "the same as the root you sent".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogDigest(Vec<[u8; 32]>);
 
 impl CatalogDigest {
+    /// The answer when the asker's root equals the server's: nothing to compare.
+    pub fn same() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn is_same(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn encode(&self) -> Bytes {
         let pb = pb::CatalogDigest {
             buckets: self.0.iter().map(|b| Bytes::copy_from_slice(b)).collect(),
@@ -149,11 +182,11 @@ impl CatalogDigest {
 
     pub fn decode(bytes: Bytes, config: &Config) -> Result<Self, DecodeError> {
         let pb: pb::CatalogDigest = wire::decode(&bytes, "catalog digest", config.frame_bytes_max)?;
-        if pb.buckets.len() != CATALOG_BUCKETS {
+        if !pb.buckets.is_empty() && pb.buckets.len() != CATALOG_BUCKETS {
             return Err(DecodeError::invalid(
                 "buckets",
                 format!(
-                    "expected {CATALOG_BUCKETS} buckets, got {}",
+                    "expected {CATALOG_BUCKETS} buckets or none, got {}",
                     pb.buckets.len()
                 ),
             ));
@@ -178,7 +211,9 @@ pub struct CatalogVersion {
 /// A request of the catalog sync protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CatalogSyncRequest {
-    Digest,
+    /// "Send me your bucket hashes", with the asker's root: a server whose root is the same
+    /// answers [`CatalogDigest::same`].
+    Digest { root: Option<[u8; 32]> },
     Bucket {
         bucket: u32,
         have: Vec<CatalogVersion>,
@@ -188,8 +223,10 @@ pub enum CatalogSyncRequest {
 impl CatalogSyncRequest {
     pub fn encode(&self) -> Bytes {
         let request = match self {
-            CatalogSyncRequest::Digest => {
-                pb::catalog_sync_request::Request::Digest(pb::DigestRequest {})
+            CatalogSyncRequest::Digest { root } => {
+                pb::catalog_sync_request::Request::Digest(pb::DigestRequest {
+                    root: root.map_or_else(Bytes::new, |r| Bytes::copy_from_slice(&r)),
+                })
             }
             CatalogSyncRequest::Bucket { bucket, have } => {
                 pb::catalog_sync_request::Request::Bucket(pb::BucketRequest {
@@ -218,7 +255,13 @@ impl CatalogSyncRequest {
             wire::decode(&bytes, "catalog sync request", config.frame_bytes_max)?;
         match pb.request {
             None => Err(DecodeError::Missing { field: "request" }),
-            Some(pb::catalog_sync_request::Request::Digest(_)) => Ok(CatalogSyncRequest::Digest),
+            Some(pb::catalog_sync_request::Request::Digest(d)) => Ok(CatalogSyncRequest::Digest {
+                root: if d.root.is_empty() {
+                    None
+                } else {
+                    Some(wire::digest(&d.root, "root")?)
+                },
+            }),
             Some(pb::catalog_sync_request::Request::Bucket(b)) => {
                 if usize::try_from(b.bucket).map_or(true, |i| i >= CATALOG_BUCKETS) {
                     return Err(DecodeError::invalid(

@@ -330,3 +330,89 @@ fn observed_consumption_travels_signed_and_is_checked() {
         .unwrap_err();
     assert!(err.to_string().contains("consume itself"), "{err}");
 }
+
+#[test]
+fn batch_verification_of_entries_finds_exactly_the_bad_ones() {
+    let config = Config::default();
+    // Entries of many owners, as a gossip or sync batch carries them.
+    let entries: Vec<_> = (1..=20u8)
+        .map(|seed| entry(&key(seed), 1, &format!("entry {seed}")))
+        .collect();
+    let mut bytes: Vec<Bytes> = entries.iter().map(|e| e.encoded().clone()).collect();
+    // A flipped signature bit, and an entry signed by someone other than its product's owner.
+    let mut flipped = pb::SignedCatalogEntry::decode(bytes[3].clone()).unwrap();
+    let mut sig = flipped.signature.to_vec();
+    sig[10] ^= 1;
+    flipped.signature = Bytes::from(sig);
+    bytes[3] = Bytes::from(flipped.encode_to_vec());
+    let mut stolen = pb::SignedCatalogEntry::decode(bytes[11].clone()).unwrap();
+    stolen.signer = Bytes::copy_from_slice(key(99).public().as_bytes());
+    bytes[11] = Bytes::from(stolen.encode_to_vec());
+
+    let decoded = bytes
+        .into_iter()
+        .map(|b| SignedCatalogEntry::decode(b, &config).unwrap())
+        .collect();
+    let results = SignedCatalogEntry::verify_batch(decoded);
+    assert_eq!(results.len(), entries.len());
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            3 => assert_eq!(result, &Err(VerifyError::BadSignature)),
+            11 => assert!(matches!(result, Err(VerifyError::WrongAuthor { .. }))),
+            _ => assert_eq!(result.as_ref().unwrap(), &entries[i], "entry {i}"),
+        }
+    }
+    let good = entries
+        .iter()
+        .map(|e| SignedCatalogEntry::decode(e.encoded().clone(), &config).unwrap())
+        .collect();
+    assert!(
+        SignedCatalogEntry::verify_batch(good)
+            .iter()
+            .all(Result::is_ok)
+    );
+}
+
+#[test]
+fn equal_catalogs_answer_a_digest_request_with_no_buckets() {
+    use mesh_protocol::sync::{CatalogDigest, CatalogSummary, CatalogSyncRequest};
+    let config = Config::default();
+    let (a, b) = (entry(&key(1), 1, "a"), entry(&key(2), 1, "b"));
+    let mut asker = CatalogSummary::new();
+    let mut server = CatalogSummary::new();
+    for e in [&a, &b] {
+        asker.insert(e);
+        server.insert(e);
+    }
+    // The request carries the root over the wire; equal roots get the empty answer.
+    let request = CatalogSyncRequest::Digest {
+        root: Some(asker.root()),
+    };
+    let decoded = CatalogSyncRequest::decode(request.encode(), &config).unwrap();
+    assert_eq!(decoded, request);
+    let CatalogSyncRequest::Digest { root } = decoded else {
+        unreachable!()
+    };
+    let answer = CatalogDigest::decode(server.digest_for(root.as_ref()).encode(), &config).unwrap();
+    assert!(answer.is_same());
+    assert!(asker.differing_buckets(&answer).is_empty());
+
+    // One newer entry on the server: the roots differ, the full digest names its bucket.
+    let newer = entry(&key(2), 2, "b again");
+    server.insert(&newer);
+    let answer = CatalogDigest::decode(server.digest_for(root.as_ref()).encode(), &config).unwrap();
+    assert!(!answer.is_same());
+    assert_eq!(asker.differing_buckets(&answer).len(), 1);
+    // No root (an older asker): always the full digest.
+    assert_eq!(server.digest_for(None), server.digest());
+
+    // A root must be 32 bytes.
+    let bad = pb::CatalogSyncRequest {
+        request: Some(pb::catalog_sync_request::Request::Digest(
+            pb::DigestRequest {
+                root: Bytes::from_static(b"short"),
+            },
+        )),
+    };
+    assert!(CatalogSyncRequest::decode(Bytes::from(bad.encode_to_vec()), &config).is_err());
+}

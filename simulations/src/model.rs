@@ -147,7 +147,7 @@ pub struct Violation {
 #[derive(Clone, Debug)]
 enum Msg {
     Gossip(usize),
-    SyncDigestRequest,
+    SyncDigestRequest(Bytes),
     SyncDigest(Bytes),
     SyncBucketRequest(Bytes),
     SyncBucket(Bytes),
@@ -458,7 +458,9 @@ impl Model {
             Step::Deliver { from, to, msg } => self.deliver(from, to, msg),
             Step::SyncTimer(i) => {
                 if let Some(&peer) = self.neighbours[i].choose(&mut self.rng) {
-                    self.send(i, peer, Msg::SyncDigestRequest);
+                    let root = Some(self.nodes[i].summary.root());
+                    let request = CatalogSyncRequest::Digest { root }.encode();
+                    self.send(i, peer, Msg::SyncDigestRequest(request));
                 }
                 let next = self.now_us + us(self.s.sync_interval);
                 self.schedule(next, Step::SyncTimer(i));
@@ -660,8 +662,14 @@ impl Model {
                     self.push_gossip(to, blob, Some(from));
                 }
             }
-            Msg::SyncDigestRequest => {
-                let digest = self.nodes[to].summary.digest().encode();
+            Msg::SyncDigestRequest(bytes) => {
+                let CatalogSyncRequest::Digest { root } =
+                    CatalogSyncRequest::decode(bytes, &self.config)
+                        .map_err(|e| self.violation(format!("digest request decode: {e}")))?
+                else {
+                    return Ok(());
+                };
+                let digest = self.nodes[to].summary.digest_for(root.as_ref()).encode();
                 self.send(to, from, Msg::SyncDigest(digest));
             }
             Msg::SyncDigest(bytes) => {

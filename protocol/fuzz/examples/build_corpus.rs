@@ -789,7 +789,24 @@ fn main() {
         let bucket = summary.differing_buckets(&CatalogSummary::new().digest())[0];
         let sync: Vec<(&str, u8, Bytes)> = vec![
             ("digest", 0, summary.digest().encode()),
-            ("digest-request", 1, CatalogSyncRequest::Digest.encode()),
+            (
+                "digest-request",
+                1,
+                CatalogSyncRequest::Digest { root: None }.encode(),
+            ),
+            (
+                "digest-request-root",
+                1,
+                CatalogSyncRequest::Digest {
+                    root: Some(summary.root()),
+                }
+                .encode(),
+            ),
+            (
+                "digest-same",
+                0,
+                mesh_protocol::sync::CatalogDigest::same().encode(),
+            ),
             (
                 "bucket-request",
                 1,

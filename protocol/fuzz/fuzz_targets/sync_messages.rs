@@ -2,7 +2,7 @@
 //! `BucketResponse` (catalog anti-entropy) and `SubscribeRequest`, `SubscribeResponse`,
 //! `LogFrame` (log streams). The first input byte picks the message (mod 6), the rest is it.
 //!
-//! Properties of an accepted message: it keeps its limits (a digest has every bucket, a bucket
+//! Properties of an accepted message: it keeps its limits (a digest has every bucket or none, a bucket
 //! request names a bucket that exists and at most `bucket_versions_max` versions, a bucket
 //! response no entry over `catalog_entry_bytes_max`, a frame at most `frame_events_max` events,
 //! a subscription starts at seq >= 1); `encode` is within `frame_bytes_max`, no longer than
