@@ -55,7 +55,9 @@
 //! (same token counts, same quantized field norms, same statistics). So a search sees every
 //! upsert that returned before it began, never waits for a commit, and gives the same scores
 //! before and after one. The pending set is committed when it reaches [`PENDING_MAX`]
-//! products; [`SearchIndex::upsert_many`] (the rebuild on restart) commits once for its batch.
+//! products, less a per-index random quarter at most (so that nodes sharing a machine do not
+//! all commit at once); [`SearchIndex::upsert_many`] (the rebuild on restart) commits once for
+//! its batch.
 //!
 //! Hits are built from our own table of products, not from tantivy's document store, which
 //! spares a decompression per hit; tantivy documents carry a `slot` that points into the table.
@@ -199,8 +201,12 @@ pub struct SearchIndex {
     fields: Fields,
     /// Reusable per-query buffers.
     scratch: Mutex<Vec<Scratch>>,
-    /// [`PENDING_MAX`]; smaller in tests, to commit often.
+    /// [`PENDING_MAX`] less up to a quarter, drawn per index, so that nodes receiving the same
+    /// changes do not all commit at the same moment (which stalls a machine many nodes share,
+    /// as in simulations); smaller in tests, to commit often.
     pending_max: usize,
+    /// [`QUEUED_MAX`] less twice the same spread.
+    queued_max: usize,
     /// [`SEEK_COST`]; changed in tests, to take one path or the other.
     seek_cost: usize,
 }
@@ -242,6 +248,7 @@ impl SearchIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let view = View::new(reader.searcher(), None)?;
+        let spread = rand::random_range(0..=PENDING_MAX / 4);
         Ok(Self {
             state: RwLock::new(State {
                 writer,
@@ -257,7 +264,8 @@ impl SearchIndex {
                 slot,
             },
             scratch: Mutex::new(Vec::new()),
-            pending_max: PENDING_MAX,
+            pending_max: PENDING_MAX - spread,
+            queued_max: QUEUED_MAX - 2 * spread,
             seek_cost: SEEK_COST,
         })
     }
@@ -270,7 +278,7 @@ impl SearchIndex {
         state.apply(&self.fields, prepared, true)?;
         // Re-upserting a pending product replaces it in the pending set but queues a delete and
         // a document each time: bound the queue too.
-        if state.table.pending.len() >= self.pending_max || state.queued.len() >= QUEUED_MAX {
+        if state.table.pending.len() >= self.pending_max || state.queued.len() >= self.queued_max {
             state.commit()?;
         }
         Ok(())
@@ -300,7 +308,7 @@ impl SearchIndex {
         if let Some(slot) = state.table.by_product.get(&product.to_string()).copied() {
             state.drop_slot(&self.fields, slot);
         }
-        if state.queued.len() >= QUEUED_MAX {
+        if state.queued.len() >= self.queued_max {
             state.commit()?;
         }
         Ok(())
