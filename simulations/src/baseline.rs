@@ -24,9 +24,7 @@ use mesh_node::network::{
     PeerDiscovery, TRIM_INTERVAL, look_for_peers, routing_table_peers, unneeded,
 };
 use mesh_protocol::wire::pb;
-use mesh_protocol::{
-    CatalogEntry, Descriptor, ProductId, ProductName, SecretKey, SignedCatalogEntry,
-};
+use mesh_protocol::{ProductId, ProductName, SecretKey, SignedCatalogEntry};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
@@ -37,7 +35,8 @@ use crate::measure::{self, NetSnapshot, Recorder};
 use crate::net::SimNet;
 use crate::plan::{Plan, What, base_link};
 use crate::report::{GossipCopies, Memory, Percentiles, Report, Samples, TopologyReport};
-use crate::run::{Outcome, build_label, checks, descriptor, peer_id_of};
+use crate::run::{Outcome, build_label, checks, peer_id_of, sign_entry};
+use crate::scenario::InitialCatalog;
 use crate::scenario::{Scenario, Stack};
 
 #[allow(missing_debug_implementations)]
@@ -238,7 +237,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
         ..Report::default()
     };
     let rss_before = measure::rss_mib();
-    phase(&bar, "starting swarms");
+    measure::phase(&bar, "starting swarms");
     bar.set_length(n as u64);
     let mut senders = Vec::with_capacity(n);
     let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(n);
@@ -283,13 +282,12 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
         tokio::task::yield_now().await;
     }
     report.timings.start_nodes_s = started.elapsed().as_secs_f64();
-    phase(&bar, "warm-up");
+    measure::phase(&bar, "warm-up");
     tokio::time::sleep(scenario.warmup).await;
     report.timings.warmup_s = scenario.warmup.as_secs_f64();
     let rss_started = measure::rss_mib();
 
     // The same entries the mesh would publish, signed by the same keys.
-    let protocol = mesh_protocol::Config::default();
     let revisions = std::sync::Mutex::new(vec![0u64; products.len()]);
     let publish = |p: usize, note: u64, initial: bool| {
         let owner = plan.products[p].owner;
@@ -298,24 +296,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
             r[p] += 1;
             r[p]
         };
-        let yaml = descriptor(
-            &plan.products[p].name,
-            &format!("d{}", plan.domains[owner]),
-            note,
-        );
-        let entry = Descriptor::from_yaml(&yaml, &protocol)
-            .map_err(|e| anyhow::anyhow!("descriptor: {e}"))
-            .and_then(|descriptor| {
-                CatalogEntry {
-                    product: products[p].clone(),
-                    revision,
-                    timestamp_micros: mesh_node::hub::now_micros(),
-                    descriptor,
-                    consumes: Vec::new(),
-                }
-                .sign(&keys[owner], &protocol)
-                .map_err(|e| anyhow::anyhow!("sign: {e}"))
-            });
+        let entry = sign_entry(&plan, &products, &keys, p, revision, note, Vec::new());
         let sender = senders[owner].clone();
         let rec = rec.clone();
         async move {
@@ -336,12 +317,25 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
                 .map_err(|e| anyhow::anyhow!("publish: {e}"))
         }
     };
-    phase(&bar, "publishing the catalog");
+    measure::phase(&bar, "publishing the catalog");
     let publish_start = Instant::now();
     let mut publish_errors = 0u64;
-    for p in 0..products.len() {
-        if publish(p, 0, true).await.is_err() {
-            publish_errors += 1;
+    if scenario.workload.initial_catalog == InitialCatalog::Preloaded {
+        // Stock swarms keep no catalog: the first revisions count as held everywhere.
+        let mut r = revisions.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, revision) in r.iter_mut().enumerate() {
+            *revision = 1;
+            rec.preloaded(p, 1);
+            for node in 0..n {
+                rec.hold(node, p, 1);
+            }
+        }
+        report.catalog.preloaded_entries = products.len();
+    } else {
+        for p in 0..products.len() {
+            if publish(p, 0, true).await.is_err() {
+                publish_errors += 1;
+            }
         }
     }
     let everything = rec.latest();
@@ -355,7 +349,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
     // Workload: the catalog updates (and link faults) of the plan.
     let before = NetSnapshot::take(&net);
     let t0 = Instant::now();
-    phase(&bar, "workload");
+    measure::phase(&bar, "workload");
     bar.set_length(scenario.duration.as_millis() as u64);
     bar.set_position(0);
     let mut updates = 0u64;
@@ -385,7 +379,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
     }
     let after = NetSnapshot::take(&net);
     report.timings.workload_s = end.duration_since(t0).as_secs_f64();
-    phase(&bar, "settling");
+    measure::phase(&bar, "settling");
     let settle_start = Instant::now();
     report.timings.settle_s = wait(scenario.settle, || {
         let latest = rec.latest();
@@ -609,10 +603,4 @@ pub fn forge_entry(genuine: &Bytes, bump: u64) -> Option<Vec<u8>> {
     body.revision = body.revision.saturating_add(1000 + bump);
     envelope.body = Bytes::from(body.encode_to_vec());
     Some(envelope.encode_to_vec())
-}
-
-/// Shows a phase on the progress bar and in the log, as the mesh run does.
-fn phase(bar: &ProgressBar, what: &'static str) {
-    bar.set_message(what);
-    tracing::info!(rss_mib = measure::rss_mib() as u64, "{what}");
 }

@@ -82,6 +82,17 @@ impl Recorder {
         latest[product] = latest[product].max(revision);
     }
 
+    /// Records `revision` of `product` as the latest without a publish to measure (a
+    /// preloaded catalog), and has every node's catalog read again: what a node holds is
+    /// counted from the node, never assumed.
+    pub fn preloaded(&self, product: usize, revision: u64) {
+        let mut latest = lock(&self.latest_revision);
+        latest[product] = latest[product].max(revision);
+        for resync in &self.needs_resync {
+            resync.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub fn arrived(&self, node: usize, product: usize, revision: u64, at: Instant) {
         self.hold(node, product, revision);
         lock(&self.arrivals).push(Arrival {
@@ -274,6 +285,35 @@ pub fn rss_mib() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(0.0, |pages| pages * 4096.0 / 1048576.0)
+}
+
+/// CPU time this process has used so far (user + system), in seconds; 0 where
+/// `/proc/self/stat` is unreadable. Logged with each phase, so a run's log shows where its CPU
+/// went.
+pub fn cpu_seconds() -> f64 {
+    // Fields after the parenthesised command name (which may hold spaces): utime and stime are
+    // the 12th and 13th, in clock ticks of 1/100 s on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            let mut fields = rest.split_whitespace().skip(11);
+            let utime: f64 = fields.next()?.parse().ok()?;
+            let stime: f64 = fields.next()?.parse().ok()?;
+            Some((utime + stime) / TICKS_PER_SECOND)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Shows a run's phase on its progress bar and logs it with the memory and CPU used so far.
+pub fn phase(bar: &indicatif::ProgressBar, what: &'static str) {
+    bar.set_message(what);
+    tracing::info!(
+        rss_mib = rss_mib() as u64,
+        cpu_s = format_args!("{:.1}", cpu_seconds()),
+        "{what}"
+    );
 }
 
 /// Counters of a node's Prometheus metrics: `(name, reason label, value)`.

@@ -20,7 +20,9 @@ use mesh_node::hub::{Live, now_micros};
 use mesh_node::metrics::OriginLabel;
 use mesh_node::store::{MemoryStore, SledStore, Store};
 use mesh_node::{NodeConfig, NodeHandle, NodeOptions, TransportKind};
-use mesh_protocol::{Operation, ProductId, ProductName, SecretKey, VerifiedCatalogEntry};
+use mesh_protocol::{
+    CatalogEntry, Operation, ProductId, ProductName, SecretKey, VerifiedCatalogEntry,
+};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -34,7 +36,7 @@ use crate::report::{
     Bandwidth, EventReport, FaultReport, GossipCopies, HopLatency, Memory, Percentiles, Report,
     Samples, TopologyReport,
 };
-use crate::scenario::{Scenario, Stack, StoreKind};
+use crate::scenario::{InitialCatalog, Scenario, Stack, StoreKind};
 
 /// A finished run: the report and the samples its plots are drawn from.
 #[derive(Debug)]
@@ -82,6 +84,37 @@ pub(crate) fn descriptor(name: &str, domain: &str, revision_note: u64) -> String
          tags: [{domain}, simulated]\nversion: 1.0.{revision_note}\n\
          schema:\n  fields:\n    - name: id\n      type: string\n    - name: amount\n      type: decimal\n"
     )
+}
+
+/// The entry the owner of product `p` signs for `revision`: what both stacks gossip, and what a
+/// preloaded catalog holds.
+pub(crate) fn sign_entry(
+    plan: &Plan,
+    products: &[ProductId],
+    keys: &[SecretKey],
+    p: usize,
+    revision: u64,
+    note: u64,
+    consumes: Vec<ProductId>,
+) -> anyhow::Result<VerifiedCatalogEntry> {
+    let protocol = mesh_protocol::Config::default();
+    let owner = plan.products[p].owner;
+    let yaml = descriptor(
+        &plan.products[p].name,
+        &format!("d{}", plan.domains[owner]),
+        note,
+    );
+    let descriptor = mesh_protocol::Descriptor::from_yaml(&yaml, &protocol)
+        .map_err(|e| anyhow::anyhow!("descriptor: {e}"))?;
+    CatalogEntry {
+        product: products[p].clone(),
+        revision,
+        timestamp_micros: now_micros(),
+        descriptor,
+        consumes,
+    }
+    .sign(&keys[owner], &protocol)
+    .map_err(|e| anyhow::anyhow!("sign: {e}"))
 }
 
 pub(crate) fn peer_id_of(seed: &[u8; 32]) -> anyhow::Result<PeerId> {
@@ -229,8 +262,7 @@ impl MeshRun {
 
     /// Shows a phase on the progress bar and in the log (`RUST_LOG=mesh_sim=info`).
     fn phase(&self, what: &'static str) {
-        self.bar.set_message(what);
-        tracing::info!(rss_mib = measure::rss_mib() as u64, "{what}");
+        measure::phase(&self.bar, what);
     }
 
     fn addr(&self, node: usize) -> libp2p::Multiaddr {
@@ -346,6 +378,10 @@ impl MeshRun {
             ..Report::default()
         };
         let rss_before = measure::rss_mib();
+        if self.scenario.workload.initial_catalog == InitialCatalog::Preloaded {
+            self.phase("preloading the catalog");
+            report.catalog.preloaded_entries = self.preload()?;
+        }
 
         // ---- start -------------------------------------------------------------------------
         self.phase("starting nodes");
@@ -367,6 +403,7 @@ impl MeshRun {
                 tracing::info!(
                     started = i + 1,
                     rss_mib = measure::rss_mib() as u64,
+                    cpu_s = format_args!("{:.1}", measure::cpu_seconds()),
                     connections_opened = self.net.connections_opened(n),
                     "nodes started"
                 );
@@ -382,9 +419,11 @@ impl MeshRun {
         self.phase("publishing the catalog");
         let publish_start = Instant::now();
         let mut publishing = JoinSet::new();
-        for p in 0..self.products.len() {
-            let this = self.clone();
-            publishing.spawn(async move { this.publish(p, 0, true).await });
+        if self.scenario.workload.initial_catalog == InitialCatalog::Published {
+            for p in 0..self.products.len() {
+                let this = self.clone();
+                publishing.spawn(async move { this.publish(p, 0, true).await });
+            }
         }
         while publishing.join_next().await.is_some() {}
         let everything: Vec<u64> = self.rec.latest();
@@ -514,6 +553,33 @@ impl MeshRun {
         self.stop_all().await;
         report.timings.total_s = started.elapsed().as_secs_f64();
         Ok(Outcome { report, samples })
+    }
+
+    /// Writes the first revision of every product into every node's store, announcing what
+    /// its owner will subscribe to (so subscribing publishes nothing new), and records it as
+    /// held everywhere. Returns how many entries.
+    fn preload(&self) -> anyhow::Result<usize> {
+        let consumes_max = mesh_protocol::Config::default().consumes_max;
+        let mut entries = Vec::with_capacity(self.products.len());
+        for p in 0..self.products.len() {
+            let owner = self.plan.products[p].owner;
+            let mut consumes: Vec<ProductId> = self.plan.subscriptions[owner]
+                .iter()
+                .map(|&q| self.products[q].clone())
+                .collect();
+            consumes.sort();
+            consumes.dedup();
+            consumes.truncate(consumes_max);
+            let entry = sign_entry(&self.plan, &self.products, &self.keys, p, 1, 0, consumes)?;
+            self.rec.preloaded(p, entry.revision());
+            lock(&self.last_entry)[p] = Some(entry.encoded().clone());
+            entries.push((entry.product().clone(), entry.encoded().clone()));
+        }
+        // Every store shares the same bytes.
+        for store in &self.stores {
+            store.catalog_put_many(&entries)?;
+        }
+        Ok(entries.len())
     }
 
     /// Publishes product `p` (the next revision) and records it.
