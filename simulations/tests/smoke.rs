@@ -72,6 +72,38 @@ async fn the_smoke_scenario_converges_with_no_loss_duplicates_or_forgeries() {
     }
 }
 
+/// A preloaded catalog is held by every node from its store (counted from the nodes, not
+/// assumed), and the run measures the updates alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preloaded_catalog_is_held_everywhere_and_updates_still_converge() {
+    let mut s = scenario("ci-smoke");
+    s.workload.initial_catalog = mesh_sim::scenario::InitialCatalog::Preloaded;
+    let seed = s.seed;
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        mesh_sim::run(&s, seed, false),
+    )
+    .await
+    .expect("the run ends")
+    .expect("the run starts");
+    let r = &outcome.report;
+    let failed: Vec<_> = r.checks.iter().filter(|c| !c.passed).collect();
+    assert!(
+        failed.is_empty(),
+        "seed {seed}: failed checks {failed:#?}\n{}",
+        r.markdown()
+    );
+    assert_eq!(r.catalog.preloaded_entries, s.nodes);
+    assert_eq!(
+        r.catalog.initial.entries, 0,
+        "nothing initial was published"
+    );
+    assert!(r.timings.initial_catalog_s.is_some(), "every node held it");
+    assert!(r.catalog.updates.entries > 0 && r.catalog.updates.missing == 0);
+    assert!(r.events.expected > 0 && r.events.lost == 0);
+    assert!(r.markdown().contains("preloaded"));
+}
+
 #[test]
 fn the_same_seed_gives_the_same_topology_workload_and_faults() {
     for name in [
