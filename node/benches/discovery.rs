@@ -14,7 +14,8 @@
 //! words (tens of thousands of matches, all counted into the facets); two words; a product's
 //! exact name; filters alone (an empty query and a domain); a word and a domain. Then upserts
 //! of new revisions, each followed by a search for a word only the new revision has: the
-//! upsert is queued (every `PENDING_MAX`th one commits), the search scans the pending upserts
+//! upsert is queued (every `commit_threshold()`th one commits: `PENDING_MAX` less up to a
+//! quarter, drawn per index), the search scans the pending upserts
 //! beside tantivy's committed segments. Memory per product is the growth of the process's RSS
 //! while the index is built (the signed entries already exist before), and the size of
 //! tantivy's index alone.
@@ -26,7 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use mesh_node::search::{PENDING_MAX, SearchIndex, SearchRequest};
+use mesh_node::search::{SearchIndex, SearchRequest};
 use mesh_protocol::descriptor::Slo;
 use mesh_protocol::{
     AccessPolicy, CatalogEntry, Config, Descriptor, Field, FieldType, ProductId, ProductName,
@@ -436,7 +437,7 @@ fn main() {
     let products = if quick { 2_000 } else { 100_000 };
     let per_kind = if quick { 10 } else { 100 };
     let rounds = if quick { 1 } else { 3 };
-    // Not a multiple of PENDING_MAX, so that upserts are left pending at the end.
+    // Most likely not a multiple of the commit threshold, so that upserts are left pending.
     let updates = if quick { 300 } else { 1_000 };
 
     let mut rng = StdRng::seed_from_u64(SEED);
@@ -556,11 +557,12 @@ fn main() {
     }
     let mut slowest = upserts.clone();
     slowest.sort_unstable_by(|a, b| b.cmp(a));
-    slowest.truncate(updates / PENDING_MAX);
-    let pending = updates % PENDING_MAX;
+    let every = index.commit_threshold();
+    slowest.truncate(updates / every);
+    let pending = updates % every;
     let update_rows = [
         Latencies {
-            what: format!("upsert (every {PENDING_MAX}th commits)"),
+            what: format!("upsert (every {every}th commits)"),
             samples: upserts,
             best: Vec::new(),
             matches: 0,

@@ -104,6 +104,8 @@ pub enum Outcome {
     Known,
     /// Not checked: the catalog is full, or the owner has all the products it may have.
     Refused(&'static str),
+    /// Valid and new, but the store failed to keep it: not held, not passed on.
+    NotStored,
     /// Malformed or badly signed.
     Rejected(RejectReason),
 }
@@ -139,7 +141,9 @@ impl Catalog {
     }
 
     /// Decodes, verifies and merges received entries, each with the (short) name of the peer
-    /// it came from, committing the changed ones with one flush.
+    /// it came from, committing the changed ones with one flush. If that flush fails, the
+    /// entries it held are [`Outcome::NotStored`] and nothing changed; an error means the
+    /// store could not even be read back.
     ///
     /// Entries the catalog holds already, or holds a newer revision of, are dropped before
     /// their signature is checked, and the rest are checked in one batch: under a burst the
@@ -229,9 +233,17 @@ impl Catalog {
         if !to_store.is_empty()
             && let Err(e) = self.store.catalog_put_many(&to_store)
         {
-            // Memory must never claim more than the store holds: reload it from the store.
+            // Memory must never claim more than the store holds: reload it from the store. The
+            // verdicts on bad entries stand.
+            tracing::error!("cannot store catalog entries: {e}");
             *inner = rebuild(&self.store, &self.config)?;
-            return Err(e);
+            for outcome in &mut accepted.outcomes {
+                if matches!(outcome, Outcome::Changed) {
+                    *outcome = Outcome::NotStored;
+                }
+            }
+            accepted.changed.clear();
+            return Ok(accepted);
         }
         self.metrics.catalog_entries.set(inner.entries.len() as i64);
         self.metrics

@@ -275,15 +275,18 @@ async fn check_gossip(shared: Arc<Shared>, mut queued: mpsc::Receiver<GossipChec
             match task_shared.catalog.accept_many(received) {
                 Ok(accepted) => accepted.outcomes.iter().map(verdict).collect(),
                 Err(e) => {
-                    tracing::error!("cannot store catalog entries: {e}");
+                    tracing::error!("cannot read the catalog store back: {e}");
                     Vec::new()
                 }
             }
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_else(|e| {
+            tracing::error!("a gossip check failed: {e}");
+            Vec::new()
+        });
         // A verdict must never be lost, or gossipsub would hold the message until its cache
-        // forgets it: entries without one (a failed store, a failed task) are ignored.
+        // forgets it: entries without one (an unreadable store, a failed task) are ignored.
         let verdicts = senders
             .into_iter()
             .enumerate()

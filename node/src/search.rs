@@ -314,6 +314,12 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// How many pending upserts this index commits at (drawn per index, at most
+    /// [`PENDING_MAX`]).
+    pub fn commit_threshold(&self) -> usize {
+        self.pending_max
+    }
+
     /// Products in the index, counting every upsert that returned.
     pub fn len(&self) -> usize {
         self.state.read().map_or(0, |s| s.table.by_product.len())

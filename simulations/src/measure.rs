@@ -55,6 +55,8 @@ pub struct Recorder {
     pub needs_resync: Vec<AtomicBool>,
     /// Latest revision published of each product.
     pub latest_revision: Mutex<Vec<u64>>,
+    /// (product, revision) of every entry an owner's catalog showed it signing.
+    owner_signed: Mutex<std::collections::HashSet<(usize, u64)>>,
 }
 
 impl Recorder {
@@ -68,6 +70,7 @@ impl Recorder {
             max_revision: (0..nodes).map(|_| Mutex::new(vec![0; products])).collect(),
             needs_resync: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
             latest_revision: Mutex::new(vec![0; products]),
+            owner_signed: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -83,14 +86,35 @@ impl Recorder {
     }
 
     /// Records `revision` of `product` as the latest without a publish to measure (a
-    /// preloaded catalog), and has every node's catalog read again: what a node holds is
-    /// counted from the node, never assumed.
+    /// preloaded catalog), and has every node's catalog read again, so that the mesh run
+    /// counts what a node holds from the node. (The stock baseline keeps no catalog and counts
+    /// preloaded revisions as held.)
     pub fn preloaded(&self, product: usize, revision: u64) {
         let mut latest = lock(&self.latest_revision);
         latest[product] = latest[product].max(revision);
         for resync in &self.needs_resync {
             resync.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// A revision its owner signed on its own (not a publish the run made, e.g. announcing
+    /// what it consumes): every node must hold it too before the catalog counts as converged.
+    pub fn signed_by_owner(&self, product: usize, revision: u64) {
+        lock(&self.owner_signed).insert((product, revision));
+        let mut latest = lock(&self.latest_revision);
+        latest[product] = latest[product].max(revision);
+    }
+
+    /// Entries owners signed beyond the run's own publishes.
+    pub fn owner_announcements(&self) -> usize {
+        let published: std::collections::HashSet<(usize, u64)> = lock(&self.publishes)
+            .iter()
+            .map(|p| (p.product, p.revision))
+            .collect();
+        lock(&self.owner_signed)
+            .iter()
+            .filter(|signed| !published.contains(signed))
+            .count()
     }
 
     pub fn arrived(&self, node: usize, product: usize, revision: u64, at: Instant) {

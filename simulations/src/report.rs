@@ -117,6 +117,10 @@ pub struct WorkloadReport {
     pub catalog_updates: u64,
     pub publish_errors: u64,
     pub subscriptions: usize,
+    /// Entries owners signed on their own, beyond the run's publishes: announcements of
+    /// what they consume, made when they subscribe.
+    #[serde(default)]
+    pub owner_announcements: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -373,14 +377,15 @@ impl Report {
         let _ = writeln!(m, "## Workload\n");
         let _ = writeln!(
             m,
-            "{} events appended ({} planned, {} skipped while the owner was down, {} errors), {} catalog updates ({} errors), {} subscriptions.\n",
+            "{} events appended ({} planned, {} skipped while the owner was down, {} errors), {} catalog updates ({} errors), {} subscriptions ({} entries signed anew to announce them).\n",
             w.appended,
             w.appends_planned,
             w.appends_skipped_owner_down,
             w.append_errors,
             w.catalog_updates,
             w.publish_errors,
-            w.subscriptions
+            w.subscriptions,
+            w.owner_announcements
         );
         let c = &self.catalog;
         let _ = writeln!(m, "## Catalog convergence\n");

@@ -311,11 +311,17 @@ impl MeshRun {
         let mut changes = handle.catalog_changes();
         let rec = self.rec.clone();
         let index = self.product_index.clone();
+        let own_key = self.keys[node].public();
         watchers.push(tokio::spawn(async move {
             loop {
                 match changes.recv().await {
                     Ok(entry) => {
                         if let Some(&p) = index.get(entry.product()) {
+                            // Revisions the node signs itself (announcing what it consumes)
+                            // must reach everyone too.
+                            if entry.product().owner() == &own_key {
+                                rec.signed_by_owner(p, entry.revision());
+                            }
                             rec.arrived(node, p, entry.revision(), std::time::Instant::now());
                         }
                     }
@@ -439,10 +445,19 @@ impl MeshRun {
         self.phase("subscribing");
         let subscribing = Instant::now();
         let mut total_subscriptions = 0;
+        let preloaded = self.scenario.workload.initial_catalog == InitialCatalog::Preloaded;
         for node in 0..n {
             let Some(handle) = self.handle(node).await else {
                 continue;
             };
+            if preloaded {
+                // The preloaded entries announce every planned subscription: record them all
+                // before the first `subscribe` announces consumption again, as for a node
+                // configured with all of them, so that no entry is signed anew.
+                for &p in &self.plan.subscriptions[node] {
+                    self.stores[node].subscription_put(&self.products[p])?;
+                }
+            }
             for &p in &self.plan.subscriptions[node] {
                 total_subscriptions += 1;
                 if let Err(e) = handle.subscribe(&self.products[p]).await {
@@ -543,6 +558,7 @@ impl MeshRun {
         report.workload.appends_skipped_owner_down = self.skipped.load(Ordering::Relaxed);
         report.workload.append_errors = self.append_errors.load(Ordering::Relaxed);
         report.workload.catalog_updates = self.updates.load(Ordering::Relaxed);
+        report.workload.owner_announcements = self.rec.owner_announcements();
         report.workload.publish_errors = self.publish_errors.load(Ordering::Relaxed);
         report.faults = lock(&self.faults).clone();
         report.faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
@@ -556,8 +572,9 @@ impl MeshRun {
     }
 
     /// Writes the first revision of every product into every node's store, announcing what
-    /// its owner will subscribe to (so subscribing publishes nothing new), and records it as
-    /// held everywhere. Returns how many entries.
+    /// its owner will subscribe to (so that subscribing, which records every planned
+    /// subscription first in this mode, signs nothing new), and has every node's catalog read
+    /// back once the nodes run. Returns how many entries.
     fn preload(&self) -> anyhow::Result<usize> {
         let consumes_max = mesh_protocol::Config::default().consumes_max;
         let mut entries = Vec::with_capacity(self.products.len());

@@ -54,6 +54,10 @@ async fn the_smoke_scenario_converges_with_no_loss_duplicates_or_forgeries() {
     );
     assert!(r.events.latency_ms.count > 0, "latency was measured");
     assert!(r.catalog.gossip.copies_received > 0, "the tap saw gossip");
+    assert!(
+        r.workload.owner_announcements > 0,
+        "subscribing announced consumption"
+    );
     assert_eq!(r.catalog.gossip.undecodable_rpcs, 0);
     // The report renders.
     let dir = tempfile::tempdir().unwrap();
@@ -102,6 +106,11 @@ async fn a_preloaded_catalog_is_held_everywhere_and_updates_still_converge() {
     assert!(r.catalog.updates.entries > 0 && r.catalog.updates.missing == 0);
     assert!(r.events.expected > 0 && r.events.lost == 0);
     assert!(r.markdown().contains("preloaded"));
+    assert!(r.workload.subscriptions > 0);
+    assert_eq!(
+        r.workload.owner_announcements, 0,
+        "the preloaded entries already announced every subscription"
+    );
 }
 
 #[test]
