@@ -669,7 +669,8 @@ impl EventLoop {
         }
     }
 
-    /// Checks a gossiped entry off the loop and reports the verdict to gossipsub.
+    /// Queues a gossiped entry for [`check_gossip`], which reports its verdict; past
+    /// [`CHECKS_QUEUED_MAX`] waiting, the entry is ignored at once (`overloaded`).
     fn on_gossip(&mut self, source: PeerId, id: MessageId, data: Vec<u8>) {
         let check = GossipCheck {
             id,
