@@ -613,4 +613,40 @@ mod tests {
         expected.sort();
         assert_eq!(held, expected);
     }
+
+    #[test]
+    fn a_failed_flush_keeps_nothing_but_still_rejects_forgeries() {
+        let store = Arc::new(MemoryStore::new());
+        store.fail_catalog_writes();
+        let catalog = Catalog::load(
+            store,
+            Arc::new(Config::default()),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let (alice, bob) = (
+            SecretKey::from_bytes(&[1; 32]),
+            SecretKey::from_bytes(&[2; 32]),
+        );
+        let mut changes = catalog.subscribe();
+        let accepted = catalog
+            .accept_many([
+                (entry(&alice, "a", 1), "p1"),
+                (flip_signature(&entry(&bob, "b", 1)), "p2"),
+            ])
+            .unwrap();
+        assert!(
+            matches!(accepted.outcomes[0], Outcome::NotStored),
+            "{:?}",
+            accepted.outcomes
+        );
+        assert!(!accepted.outcomes[0].worth_forwarding());
+        assert!(matches!(accepted.outcomes[1], Outcome::Rejected(_)));
+        assert!(accepted.changed.is_empty());
+        assert!(
+            catalog.is_empty(),
+            "memory never claims more than the store"
+        );
+        assert!(changes.try_recv().is_err(), "nothing was announced");
+    }
 }

@@ -29,11 +29,32 @@ struct Log {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Tests only: catalog writes fail, as on a full disk.
+    #[cfg(test)]
+    catalog_writes_fail: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes every later catalog write fail.
+    #[cfg(test)]
+    pub(crate) fn fail_catalog_writes(&self) {
+        self.catalog_writes_fail
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_catalog_write(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self
+            .catalog_writes_fail
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(StoreError::Io("catalog writes fail (test)".into()));
+        }
+        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -60,11 +81,13 @@ impl Store for MemoryStore {
     }
 
     fn catalog_put(&self, product: &ProductId, entry: &Bytes) -> Result<(), StoreError> {
+        self.check_catalog_write()?;
         self.state().catalog.insert(product.clone(), entry.clone());
         Ok(())
     }
 
     fn catalog_put_many(&self, entries: &[(ProductId, Bytes)]) -> Result<(), StoreError> {
+        self.check_catalog_write()?;
         let mut state = self.state();
         for (product, entry) in entries {
             state.catalog.insert(product.clone(), entry.clone());
