@@ -154,12 +154,17 @@ impl Catalog {
         entries: impl IntoIterator<Item = (Bytes, &'a str)>,
     ) -> Result<Accepted, StoreError> {
         let mut accepted = Accepted::default();
+        // Decoding (every descriptor rule) needs no lock.
+        let decoded: Vec<_> = entries
+            .into_iter()
+            .map(|(bytes, peer)| (SignedCatalogEntry::decode(bytes, &self.config), peer))
+            .collect();
         // (input index, peer, entry) of the entries worth a signature check.
         let mut unchecked = Vec::new();
         {
             let inner = self.inner();
-            for (index, (bytes, peer)) in entries.into_iter().enumerate() {
-                let outcome = match SignedCatalogEntry::decode(bytes, &self.config) {
+            for (index, (decoded, peer)) in decoded.into_iter().enumerate() {
+                let outcome = match decoded {
                     Err(e) => reject(&self.metrics, peer, e.into()),
                     Ok(entry) => {
                         match inner.refuse_new(&entry.unverified().product, &self.config) {
@@ -300,10 +305,6 @@ impl Catalog {
     /// Entries as they change, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<VerifiedCatalogEntry>> {
         self.changes.subscribe()
-    }
-
-    pub fn digest(&self) -> CatalogDigest {
-        self.inner().summary.digest()
     }
 
     pub fn root(&self) -> [u8; 32] {
@@ -476,6 +477,16 @@ mod tests {
         assert_eq!(catalog.len(), 3);
     }
 
+    /// A catalog with the default limits over `store`.
+    fn load(store: Arc<dyn Store>) -> Catalog {
+        Catalog::load(
+            store,
+            Arc::new(Config::default()),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap()
+    }
+
     fn flip_signature(bytes: &Bytes) -> Bytes {
         use prost::Message;
         let mut pb = mesh_protocol::wire::pb::SignedCatalogEntry::decode(bytes.clone()).unwrap();
@@ -487,12 +498,7 @@ mod tests {
 
     #[test]
     fn each_received_entry_gets_its_own_outcome() {
-        let catalog = Catalog::load(
-            Arc::new(MemoryStore::new()),
-            Arc::new(Config::default()),
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        let catalog = load(Arc::new(MemoryStore::new()));
         let owners: Vec<SecretKey> = (1..=4u8).map(|i| SecretKey::from_bytes(&[i; 32])).collect();
         let v2 = entry(&owners[0], "a", 2);
         let first = catalog
@@ -596,12 +602,7 @@ mod tests {
             (product(4), entry(&owners[4], "p", 1)),
         ];
         store.catalog_put_many(&stored).unwrap();
-        let catalog = Catalog::load(
-            store,
-            Arc::new(Config::default()),
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        let catalog = load(store);
         let mut held: Vec<ProductId> = catalog
             .entries()
             .iter()
@@ -618,12 +619,7 @@ mod tests {
     fn a_failed_flush_keeps_nothing_but_still_rejects_forgeries() {
         let store = Arc::new(MemoryStore::new());
         store.fail_catalog_writes();
-        let catalog = Catalog::load(
-            store,
-            Arc::new(Config::default()),
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        let catalog = load(store);
         let (alice, bob) = (
             SecretKey::from_bytes(&[1; 32]),
             SecretKey::from_bytes(&[2; 32]),

@@ -325,11 +325,11 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
         let mut r = revisions.lock().unwrap_or_else(|e| e.into_inner());
         for (p, revision) in r.iter_mut().enumerate() {
             *revision = 1;
-            rec.preloaded(p, 1);
             for node in 0..n {
                 rec.hold(node, p, 1);
             }
         }
+        rec.preloaded((0..r.len()).map(|p| (p, 1)));
         report.catalog.preloaded_entries = products.len();
     } else {
         for p in 0..products.len() {

@@ -81,17 +81,22 @@ impl Recorder {
             at,
             initial,
         });
+        self.raise_latest(product, revision);
+    }
+
+    fn raise_latest(&self, product: usize, revision: u64) {
         let mut latest = lock(&self.latest_revision);
         latest[product] = latest[product].max(revision);
     }
 
-    /// Records `revision` of `product` as the latest without a publish to measure (a
-    /// preloaded catalog), and has every node's catalog read again, so that the mesh run
-    /// counts what a node holds from the node. (The stock baseline keeps no catalog and counts
-    /// preloaded revisions as held.)
-    pub fn preloaded(&self, product: usize, revision: u64) {
-        let mut latest = lock(&self.latest_revision);
-        latest[product] = latest[product].max(revision);
+    /// Records the revisions of a preloaded catalog, `(product, revision)`, as the latest
+    /// without a publish to measure, and has every node's catalog read again, so that the mesh
+    /// run counts what a node holds from the node. (The stock baseline keeps no catalog and
+    /// counts preloaded revisions as held.)
+    pub fn preloaded(&self, revisions: impl IntoIterator<Item = (usize, u64)>) {
+        for (product, revision) in revisions {
+            self.raise_latest(product, revision);
+        }
         for resync in &self.needs_resync {
             resync.store(true, Ordering::Relaxed);
         }
@@ -101,8 +106,7 @@ impl Recorder {
     /// what it consumes): every node must hold it too before the catalog counts as converged.
     pub fn signed_by_owner(&self, product: usize, revision: u64) {
         lock(&self.owner_signed).insert((product, revision));
-        let mut latest = lock(&self.latest_revision);
-        latest[product] = latest[product].max(revision);
+        self.raise_latest(product, revision);
     }
 
     /// Entries owners signed beyond the run's own publishes.

@@ -588,7 +588,6 @@ impl MeshRun {
             consumes.dedup();
             consumes.truncate(consumes_max);
             let entry = sign_entry(&self.plan, &self.products, &self.keys, p, 1, 0, consumes)?;
-            self.rec.preloaded(p, entry.revision());
             lock(&self.last_entry)[p] = Some(entry.encoded().clone());
             entries.push((entry.product().clone(), entry.encoded().clone()));
         }
@@ -596,6 +595,7 @@ impl MeshRun {
         for store in &self.stores {
             store.catalog_put_many(&entries)?;
         }
+        self.rec.preloaded((0..entries.len()).map(|p| (p, 1)));
         Ok(entries.len())
     }
 
