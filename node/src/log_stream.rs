@@ -12,6 +12,7 @@
 //! ingest (decode, batch-verify, chain-check, durable commit); a source that sends an invalid
 //! event is dropped for the next one.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -52,6 +53,8 @@ pub enum StreamError {
     Io(#[from] std::io::Error),
     #[error("peer closed the stream")]
     Closed,
+    #[error("the connection to the peer closed")]
+    Disconnected,
     #[error("malformed message: {0}")]
     Decode(#[from] mesh_protocol::DecodeError),
     #[error("refused: {}", .0.as_str())]
@@ -64,6 +67,17 @@ pub enum StreamError {
     Store(String),
     #[error("leaving a fallback source for the owner")]
     SwitchToOwner,
+}
+
+impl StreamError {
+    /// Whether the stream failed for want of a working connection (none, or one that closed
+    /// under it), rather than by the peer's choice or fault.
+    fn is_connection_loss(&self) -> bool {
+        matches!(
+            self,
+            Self::Open(_) | Self::Disconnected | Self::Io(_) | Self::Frame(FrameError::Io(_))
+        )
+    }
 }
 
 // ---- serving ---------------------------------------------------------------------------------
@@ -100,10 +114,15 @@ fn refusal(shared: &Shared, peer: &PeerId, product: &ProductId) -> Option<Refusa
 
 async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result<(), StreamError> {
     let config = shared.protocol.clone();
+    // From the first byte on, so that neither side closes the connection as unneeded while
+    // the handshake runs.
+    let _kept = shared.log_stream_with(peer);
     let (mut reader, mut writer) = stream.split();
-    let request = codec::read_frame(&mut reader, config.frame_bytes_max, HANDSHAKE_TIMEOUT)
-        .await?
-        .ok_or(StreamError::Closed)?;
+    let request = tokio::select! {
+        request = codec::read_frame(&mut reader, config.frame_bytes_max, HANDSHAKE_TIMEOUT) => request?,
+        () = shared.gone(peer) => return Err(StreamError::Disconnected),
+    };
+    let request = request.ok_or(StreamError::Closed)?;
     let request = SubscribeRequest::decode(request, &config)?;
     let product = request.product;
     let busy = shared.served.load(Ordering::Relaxed) >= shared.config.served_streams_max;
@@ -131,7 +150,6 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
         .subscribe_live(&product)
         .map_err(|e| StreamError::Store(e.to_string()))?;
     let _served = ServedGuard::new(shared);
-    let _kept = shared.log_stream_with(peer);
     tracing::info!(peer = %short(&peer), product = %product.short(), from = request.from_seq, "serving log");
     codec::send_frame(
         &mut writer,
@@ -162,7 +180,7 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
     // The subscriber sends nothing after its request: a read that ends means it left.
     // A clean end of its side (it may half-close after the request, as js-libp2p pipes do)
     // still means it listens; an error (reset, connection gone) means it left.
-    let mut gone = Box::pin(async move {
+    let mut left = Box::pin(async move {
         let mut byte = [0u8; 1];
         loop {
             match reader.read(&mut byte).await {
@@ -172,13 +190,15 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
             }
         }
     });
+    let mut disconnected = std::pin::pin!(shared.gone(peer));
     let shutdown = shared.shutdown.clone();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.reset();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            () = &mut gone => return Ok(()),
+            () = &mut left => return Ok(()),
+            () = &mut disconnected => return Err(StreamError::Disconnected),
             _ = heartbeat.tick() => {
                 write_frame(&mut writer, &LogFrame::default()).await?;
             }
@@ -310,6 +330,9 @@ pub async fn follow(
     // When the owner last refused us: while that is recent, a fallback source is not left for
     // the owner (it would refuse again, e.g. when busy).
     let mut owner_refused: Option<Instant> = None;
+    // Whether this round already went back to the owner at once after losing its connection
+    // (at most once between two waits: no loop without a wait).
+    let mut owner_retried = false;
     'rounds: loop {
         peer_joined.mark_unchanged();
         if let Some(owner) = owner {
@@ -318,15 +341,15 @@ pub async fn follow(
             shared.find_peer(owner);
         }
         let mut progressed = false;
-        // Set when the owner could not be reached this round for want of a connection.
+        // Set when the owner could not be reached this round for want of a working connection.
         let mut owner_unreachable = false;
         for peer in sources(&shared, &product) {
             if cancel.is_cancelled() {
                 return;
             }
-            // The owner's lookup connected it while other peers were being asked: the owner
-            // comes first, and each of the other peers costs a round trip. Not after a refusal,
-            // nor when the owner was connected and still failed (no loop without a wait).
+            // The owner's lookup connected it while other peers were being asked, or the owner's
+            // connection died under the handshake while another one to it lives on: the owner
+            // comes first, and each of the other peers costs a round trip. Not after a refusal.
             if owner_unreachable && owner.is_some_and(|o| o != peer && shared.is_connected(&o)) {
                 continue 'rounds;
             }
@@ -342,8 +365,9 @@ pub async fn follow(
                 owner_refused = Some(Instant::now());
             }
             if Some(peer) == owner {
-                owner_unreachable =
-                    matches!(result, Err(StreamError::Open(_))) && !shared.is_connected(&peer);
+                owner_unreachable = result.as_ref().is_err_and(StreamError::is_connection_loss)
+                    && (!shared.is_connected(&peer)
+                        || !std::mem::replace(&mut owner_retried, true));
             }
             match result {
                 Err(StreamError::SwitchToOwner) => {
@@ -367,6 +391,7 @@ pub async fn follow(
         }
         // Wait, but not past a new peer's arrival: it may be the owner coming back, or another
         // holder of the log.
+        owner_retried = false;
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(retry) => retry = (retry * 2).min(RETRY_MAX),
@@ -389,17 +414,34 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The peer id of a product's owner.
-fn owner_peer(product: &ProductId) -> Option<PeerId> {
-    libp2p::identity::ed25519::PublicKey::try_from_bytes(product.owner().as_bytes())
+/// The peer id of a node's key.
+fn peer_of(key: &PublicKey) -> Option<PeerId> {
+    libp2p::identity::ed25519::PublicKey::try_from_bytes(key.as_bytes())
         .ok()
         .map(|k| libp2p::identity::PublicKey::from(k).to_peer_id())
 }
 
-/// Where to ask for a product's log, best first: its owner, then every other connected peer.
+/// The peer id of a product's owner.
+fn owner_peer(product: &ProductId) -> Option<PeerId> {
+    peer_of(product.owner())
+}
+
+/// Where to ask for a product's log, best first: its owner, then the connected peers that
+/// announced they consume it (the likeliest to hold it), then every other connected peer.
+/// Each peer that does not hold the log costs a round trip.
 fn sources(shared: &Shared, product: &ProductId) -> Vec<PeerId> {
     let mut peers: Vec<PeerId> = owner_peer(product).into_iter().collect();
-    for peer in shared.connected_peers() {
+    let consumers: HashSet<PeerId> = shared
+        .discovery
+        .holders(product)
+        .iter()
+        .filter_map(peer_of)
+        .collect();
+    let (likely, others): (Vec<PeerId>, Vec<PeerId>) = shared
+        .connected_peers()
+        .into_iter()
+        .partition(|p| consumers.contains(p));
+    for peer in likely.into_iter().chain(others) {
         if !peers.contains(&peer) {
             peers.push(peer);
         }
@@ -416,6 +458,9 @@ async fn follow_from(
 ) -> Result<(), StreamError> {
     let config = shared.protocol.clone();
     let mut control = shared.control.clone();
+    // Held from before the stream opens: closing the connection as unneeded mid-handshake
+    // would leave us waiting out the handshake timeout.
+    let _kept = shared.log_stream_with(peer);
     let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LOG_PROTOCOL))
         .await
         .map_err(|_| StreamError::Open("timed out".into()))?
@@ -426,15 +471,16 @@ async fn follow_from(
         from_seq: held.max(1),
     };
     codec::send_frame(&mut stream, &request.encode()).await?;
-    let response = codec::read_frame(&mut stream, config.frame_bytes_max, HANDSHAKE_TIMEOUT)
-        .await?
-        .ok_or(StreamError::Closed)?;
+    let response = tokio::select! {
+        response = codec::read_frame(&mut stream, config.frame_bytes_max, HANDSHAKE_TIMEOUT) => response?,
+        () = shared.gone(peer) => return Err(StreamError::Disconnected),
+    };
+    let response = response.ok_or(StreamError::Closed)?;
     let response = SubscribeResponse::decode(response, &config)?;
     if let Some(r) = response.refusal {
         return Err(StreamError::Refused(r));
     }
     tracing::info!(peer = %short(&peer), product = %product.short(), source_head = response.head_seq, held, "following");
-    let _kept = shared.log_stream_with(peer);
     let mut source_head = response.head_seq;
     shared.set_source(product, peer, source_head);
     shared.hub.set_lag(product, source_head);
@@ -463,9 +509,11 @@ async fn follow_from(
         Frame(Option<Bytes>),
         LookForOwner,
     }
+    let mut disconnected = std::pin::pin!(shared.gone(peer));
     loop {
         let next = tokio::select! {
             frame = frames.recv() => Next::Frame(frame.ok_or(StreamError::Closed)??),
+            () = &mut disconnected => return Err(StreamError::Disconnected),
             _ = peer_joined.changed(), if owner.is_some() => Next::LookForOwner,
             _ = owner_check.tick(), if owner.is_some() => Next::LookForOwner,
         };

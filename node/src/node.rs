@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::behaviour::{self, Behaviour, CATALOG_SYNC_PROTOCOL, LOG_PROTOCOL};
 use crate::catalog::Catalog;
@@ -67,6 +68,9 @@ impl std::fmt::Debug for NodeOptions {
 /// State shared by the event loop, the stream tasks and the handle.
 pub struct Shared {
     pub peer_id: PeerId,
+    /// `node{id=…}`: every task of the node runs inside it, so that the logs of many nodes
+    /// in one process (the demo, simulations) say which node wrote each line.
+    pub span: tracing::Span,
     pub key: SecretKey,
     pub public_key: PublicKey,
     pub config: NodeConfig,
@@ -90,6 +94,8 @@ pub struct Shared {
     /// even if the arrival happened while it was busy (a `watch` remembers; a `Notify` would
     /// only wake tasks already waiting).
     pub(crate) peer_joined: tokio::sync::watch::Sender<u64>,
+    /// Counts peer departures (the last connection to a peer closed): see [`Shared::gone`].
+    peer_left: tokio::sync::watch::Sender<u64>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     syncing: Mutex<HashSet<PeerId>>,
     sources: Mutex<HashMap<ProductId, (PeerId, u64)>>,
@@ -180,6 +186,21 @@ impl Shared {
         self.metrics.peers_connected.set(peers.len() as i64);
         drop(peers);
         lock(&self.last_seen).insert(*peer, now_micros());
+        self.peer_left.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once no connection to `peer` is left. A read on a stream must also watch
+    /// this: when this node closes a connection itself (yamux's graceful close), the readers
+    /// of its streams are not woken, and would wait for their own timeouts (10 s and more)
+    /// to learn that the connection is gone.
+    pub(crate) async fn gone(&self, peer: PeerId) {
+        let mut left = self.peer_left.subscribe();
+        while self.is_connected(&peer) {
+            if left.changed().await.is_err() {
+                // The sender lives in `self`: cannot happen while we hold `self`.
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// When each peer was last connected (now, for connected ones), microseconds since the
@@ -213,12 +234,15 @@ impl Shared {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = task => {}
+        self.tracker.spawn(
+            async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = task => {}
+                }
             }
-        });
+            .instrument(self.span.clone()),
+        );
     }
 
     pub(crate) fn set_source(&self, product: &ProductId, peer: PeerId, source_head: u64) {
@@ -347,6 +371,7 @@ async fn start_on(
     let catalog_changes = catalog.subscribe();
     let shared = Arc::new(Shared {
         peer_id,
+        span: tracing::info_span!("node", id = %crate::network::short(&peer_id)),
         public_key: key.public(),
         key,
         config: config.clone(),
@@ -365,6 +390,7 @@ async fn start_on(
         started: Instant::now(),
         peers: Mutex::new(BTreeMap::new()),
         peer_joined: tokio::sync::watch::Sender::new(0),
+        peer_left: tokio::sync::watch::Sender::new(0),
         listen_addrs: Mutex::new(Vec::new()),
         syncing: Mutex::new(HashSet::new()),
         sources: Mutex::new(HashMap::new()),
@@ -376,14 +402,18 @@ async fn start_on(
     });
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(EventLoop::new(swarm, command_rx, shared.clone()).run());
-    tasks.spawn(log_stream::serve(shared.clone(), log_streams));
-    tasks.spawn(sync_catalog::serve(shared.clone(), sync_streams));
-    tasks.spawn(crate::discovery::serve(shared.clone(), search_streams));
-    tasks.spawn(crate::discovery::follow_catalog(
-        shared.clone(),
-        catalog_changes,
-    ));
+    let span = &shared.span;
+    tasks.spawn(
+        EventLoop::new(swarm, command_rx, shared.clone())
+            .run()
+            .instrument(span.clone()),
+    );
+    tasks.spawn(log_stream::serve(shared.clone(), log_streams).instrument(span.clone()));
+    tasks.spawn(sync_catalog::serve(shared.clone(), sync_streams).instrument(span.clone()));
+    tasks.spawn(crate::discovery::serve(shared.clone(), search_streams).instrument(span.clone()));
+    tasks.spawn(
+        crate::discovery::follow_catalog(shared.clone(), catalog_changes).instrument(span.clone()),
+    );
     let handle = NodeHandle {
         shared,
         tasks: Arc::new(Mutex::new(tasks)),
@@ -850,7 +880,8 @@ impl NodeHandle {
         }
         let cancel = self.shared.shutdown.child_token();
         following.insert(product.clone(), cancel.clone());
-        lock(&self.tasks).spawn(log_stream::follow(self.shared.clone(), product, cancel));
+        let follow = log_stream::follow(self.shared.clone(), product, cancel);
+        lock(&self.tasks).spawn(follow.instrument(self.shared.span.clone()));
     }
 
     /// Products this node follows.
@@ -1099,5 +1130,84 @@ pub(crate) fn event_view(event: &VerifiedEvent, status: String) -> EventView {
         },
         causes: e.causes.clone(),
         status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    async fn memory_node(peers: Vec<Multiaddr>) -> NodeHandle {
+        start(NodeOptions {
+            config: NodeConfig {
+                domain: "test".into(),
+                listen: vec!["/memory/0".parse().unwrap()],
+                peers,
+                ..NodeConfig::default()
+            },
+            protocol: mesh_protocol::Config::default(),
+            transport: TransportKind::Memory,
+            store: Arc::new(MemoryStore::new()),
+            key: None,
+        })
+        .await
+        .expect("node starts")
+    }
+
+    #[tokio::test]
+    async fn gone_waits_while_a_peer_is_connected_and_ends_when_it_leaves() {
+        let a = memory_node(Vec::new()).await;
+        let address = a.listen_addrs()[0]
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(a.peer_id()));
+        let b = memory_node(vec![address]).await;
+        let (a_id, shared) = (a.peer_id(), b.shared.clone());
+        tokio::time::timeout(WAIT, async {
+            while !shared.is_connected(&a_id) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("b connects to a");
+
+        let gone = tokio::spawn(async move { shared.gone(a_id).await });
+        // Peers joining or leaving other than `a` must not end the wait: a third node comes
+        // and goes while `a` stays.
+        let c = memory_node(vec![
+            b.listen_addrs()[0]
+                .clone()
+                .with(libp2p::multiaddr::Protocol::P2p(b.peer_id())),
+        ])
+        .await;
+        let c_id = c.peer_id();
+        tokio::time::timeout(WAIT, async {
+            while !b.shared.is_connected(&c_id) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("c connects to b");
+        c.shutdown().await;
+        tokio::time::timeout(WAIT, async {
+            while b.shared.is_connected(&c_id) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("b sees c leave");
+        // Let the waiting task see the departure (the test runtime has one thread).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!gone.is_finished(), "a is still connected");
+
+        a.shutdown().await;
+        tokio::time::timeout(WAIT, gone)
+            .await
+            .expect("the wait ends once a has left")
+            .unwrap();
+        assert!(!b.shared.is_connected(&a_id));
+        b.shutdown().await;
     }
 }
