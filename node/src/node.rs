@@ -1157,47 +1157,40 @@ mod tests {
         .expect("node starts")
     }
 
+    /// `node`'s address, to dial it with.
+    fn address(node: &NodeHandle) -> Multiaddr {
+        node.listen_addrs()[0]
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(node.peer_id()))
+    }
+
+    /// Waits (at most `WAIT`) until `node` is connected to `peer`, or is not, as `connected` says.
+    async fn until_connected(node: &NodeHandle, peer: PeerId, connected: bool) {
+        tokio::time::timeout(WAIT, async {
+            while node.shared.is_connected(&peer) != connected {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("connected to {peer} should become {connected}"));
+    }
+
     #[tokio::test]
     async fn gone_waits_while_a_peer_is_connected_and_ends_when_it_leaves() {
         let a = memory_node(Vec::new()).await;
-        let address = a.listen_addrs()[0]
-            .clone()
-            .with(libp2p::multiaddr::Protocol::P2p(a.peer_id()));
-        let b = memory_node(vec![address]).await;
-        let (a_id, shared) = (a.peer_id(), b.shared.clone());
-        tokio::time::timeout(WAIT, async {
-            while !shared.is_connected(&a_id) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("b connects to a");
+        let b = memory_node(vec![address(&a)]).await;
+        let a_id = a.peer_id();
+        until_connected(&b, a_id, true).await;
 
+        let shared = b.shared.clone();
         let gone = tokio::spawn(async move { shared.gone(a_id).await });
         // Peers joining or leaving other than `a` must not end the wait: a third node comes
         // and goes while `a` stays.
-        let c = memory_node(vec![
-            b.listen_addrs()[0]
-                .clone()
-                .with(libp2p::multiaddr::Protocol::P2p(b.peer_id())),
-        ])
-        .await;
+        let c = memory_node(vec![address(&b)]).await;
         let c_id = c.peer_id();
-        tokio::time::timeout(WAIT, async {
-            while !b.shared.is_connected(&c_id) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("c connects to b");
+        until_connected(&b, c_id, true).await;
         c.shutdown().await;
-        tokio::time::timeout(WAIT, async {
-            while b.shared.is_connected(&c_id) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("b sees c leave");
+        until_connected(&b, c_id, false).await;
         // Let the waiting task see the departure (the test runtime has one thread).
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!gone.is_finished(), "a is still connected");
