@@ -31,6 +31,7 @@ use bytes::Bytes;
 use mesh_protocol::{EventRef, Operation, ProductId, VerifiedCatalogEntry};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::lineage::{Direction, Impact, LineageError};
 use crate::node::{NodeError, NodeHandle};
@@ -72,15 +73,19 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind the API to {addr}: {e}"))?;
     let bound = listener.local_addr()?;
+    let span = node.span();
     let app = router(node);
-    let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!("API server: {e}");
+    let task = tokio::spawn(
+        async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = result {
+                tracing::error!("API server: {e}");
+            }
         }
-    });
+        .instrument(span),
+    );
     tracing::info!(%bound, "HTTP API listening");
     Ok((bound, task))
 }
@@ -203,7 +208,7 @@ const IMPACT_PRODUCTS_MAX: usize = 100_000;
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
+    crate::node::spawn_blocking(work)
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }

@@ -157,6 +157,14 @@ impl Discovery {
         holders
     }
 
+    /// Whether `key` announced that it consumes `product`. Unlike [`Discovery::holders`],
+    /// not capped: it sees every consumer.
+    pub fn is_consumer(&self, product: &ProductId, key: &PublicKey) -> bool {
+        crate::node::lock(&self.consumers)
+            .get(product)
+            .is_some_and(|set| set.contains(key))
+    }
+
     /// Answers a query from the local index, with the holders of each hit.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, String> {
         // Tags are stored lower-cased (descriptor rule), so `--tag PII` means `pii`.
@@ -192,7 +200,7 @@ pub async fn follow_catalog(
 ) {
     let rebuild = |shared: Arc<Shared>| async move {
         let _ =
-            tokio::task::spawn_blocking(move || shared.discovery.apply_all(&shared.catalog)).await;
+            crate::node::spawn_blocking(move || shared.discovery.apply_all(&shared.catalog)).await;
     };
     rebuild(shared.clone()).await;
     loop {
@@ -220,7 +228,7 @@ pub async fn follow_catalog(
                 batch.sort();
                 batch.dedup();
                 let shared = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || {
+                let _ = crate::node::spawn_blocking(move || {
                     shared.discovery.apply_changes(&shared.catalog, &batch);
                 })
                 .await;
@@ -250,7 +258,7 @@ async fn serve_one(shared: &Arc<Shared>, mut stream: Stream) -> Result<(), Disco
         Ok(request) => match shared.discovery.in_flight.clone().try_acquire_owned() {
             Ok(permit) => {
                 let shared = shared.clone();
-                tokio::task::spawn_blocking(move || {
+                crate::node::spawn_blocking(move || {
                     let _permit = permit;
                     shared.discovery.search(&request)
                 })

@@ -12,7 +12,6 @@
 //! ingest (decode, batch-verify, chain-check, durable commit); a source that sends an invalid
 //! event is dropped for the next one.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -38,6 +37,9 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(10);
 /// ...so a subscriber that hears nothing for this long knows the source is gone.
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(35);
+/// Longest a write to a subscriber may wait for it to read: as long as a subscriber waits
+/// for a silent source.
+const WRITE_TIMEOUT: Duration = SILENCE_TIMEOUT;
 /// Events read from the store per backfill step.
 const BACKFILL_PAGE: usize = 512;
 /// Longest wait between subscription retries.
@@ -47,6 +49,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub enum StreamError {
     #[error("cannot open a stream: {0}")]
     Open(String),
+    #[error("the peer does not serve logs (no {0})")]
+    Unsupported(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("stream I/O: {0}")]
@@ -55,6 +59,8 @@ pub enum StreamError {
     Closed,
     #[error("the connection to the peer closed")]
     Disconnected,
+    #[error("the subscriber stopped reading")]
+    Stalled,
     #[error("malformed message: {0}")]
     Decode(#[from] mesh_protocol::DecodeError),
     #[error("refused: {}", .0.as_str())]
@@ -113,15 +119,27 @@ fn refusal(shared: &Shared, peer: &PeerId, product: &ProductId) -> Option<Refusa
 }
 
 async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result<(), StreamError> {
-    let config = shared.protocol.clone();
     // From the first byte on, so that neither side closes the connection as unneeded while
     // the handshake runs.
     let _kept = shared.log_stream_with(peer);
+    // The stream's connection was open when it arrived (or has closed, which `gone` also
+    // sees): a departure from here on is its end. Every read and write of the stream stops
+    // then, blocked ones too (see `Shared::gone`).
+    let mark = shared.departures_of(&peer);
+    tokio::select! {
+        result = serve_stream(shared, peer, stream) => result,
+        () = shared.gone(peer, mark) => Err(StreamError::Disconnected),
+    }
+}
+
+async fn serve_stream(
+    shared: &Arc<Shared>,
+    peer: PeerId,
+    stream: Stream,
+) -> Result<(), StreamError> {
+    let config = shared.protocol.clone();
     let (mut reader, mut writer) = stream.split();
-    let request = tokio::select! {
-        request = codec::read_frame(&mut reader, config.frame_bytes_max, HANDSHAKE_TIMEOUT) => request?,
-        () = shared.gone(peer) => return Err(StreamError::Disconnected),
-    };
+    let request = codec::read_frame(&mut reader, config.frame_bytes_max, HANDSHAKE_TIMEOUT).await?;
     let request = request.ok_or(StreamError::Closed)?;
     let request = SubscribeRequest::decode(request, &config)?;
     let product = request.product;
@@ -139,7 +157,7 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
             refusal: Some(r),
             head_seq: 0,
         };
-        codec::send_frame(&mut writer, &response.encode()).await?;
+        send(&mut writer, &response.encode()).await?;
         // Close our side cleanly (not a reset), so the subscriber reads the refusal.
         writer.close().await?;
         return Ok(());
@@ -151,7 +169,7 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
         .map_err(|e| StreamError::Store(e.to_string()))?;
     let _served = ServedGuard::new(shared);
     tracing::info!(peer = %short(&peer), product = %product.short(), from = request.from_seq, "serving log");
-    codec::send_frame(
+    send(
         &mut writer,
         &SubscribeResponse {
             refusal: None,
@@ -190,7 +208,6 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
             }
         }
     });
-    let mut disconnected = std::pin::pin!(shared.gone(peer));
     let shutdown = shared.shutdown.clone();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.reset();
@@ -198,7 +215,6 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = &mut left => return Ok(()),
-            () = &mut disconnected => return Err(StreamError::Disconnected),
             _ = heartbeat.tick() => {
                 write_frame(&mut writer, &LogFrame::default()).await?;
             }
@@ -246,7 +262,7 @@ async fn backfill<W: futures::AsyncWrite + Unpin>(
     loop {
         let store = shared.store.clone();
         let p = product.clone();
-        let page = tokio::task::spawn_blocking(move || store.log_range(&p, from, BACKFILL_PAGE))
+        let page = crate::node::spawn_blocking(move || store.log_range(&p, from, BACKFILL_PAGE))
             .await
             .map_err(|e| StreamError::Store(e.to_string()))?
             .map_err(|e| StreamError::Store(e.to_string()))?;
@@ -267,22 +283,31 @@ async fn send_events<W: futures::AsyncWrite + Unpin>(
     let config = &shared.protocol;
     // Half the frame limit leaves room for framing and keeps frames moving.
     let bytes_max = config.frame_bytes_max / 2;
+    let mut frames = Vec::new();
     let mut frame = LogFrame::default();
     let mut bytes = 0;
     for event in events {
         if !frame.events.is_empty()
             && (frame.events.len() == config.frame_events_max || bytes + event.len() > bytes_max)
         {
-            codec::write_frame(writer, &std::mem::take(&mut frame).encode()).await?;
+            frames.push(std::mem::take(&mut frame));
             bytes = 0;
         }
         bytes += event.len();
         frame.events.push(event);
     }
     if !frame.events.is_empty() {
-        codec::write_frame(writer, &frame.encode()).await?;
+        frames.push(frame);
     }
-    writer.flush().await?;
+    let written = async {
+        for frame in frames {
+            codec::write_frame(writer, &frame.encode()).await?;
+        }
+        writer.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, written)
+        .await
+        .map_err(|_| StreamError::Stalled)??;
     Ok(())
 }
 
@@ -290,7 +315,19 @@ async fn write_frame<W: futures::AsyncWrite + Unpin>(
     writer: &mut W,
     frame: &LogFrame,
 ) -> Result<(), StreamError> {
-    codec::send_frame(writer, &frame.encode()).await?;
+    send(writer, &frame.encode()).await
+}
+
+/// Writes and flushes one frame. A subscriber that reads nothing for [`WRITE_TIMEOUT`]
+/// while its connection lives (flow control holds the write) has stalled; its stream ends
+/// rather than keep a task, a served-stream slot and the connection.
+async fn send<W: futures::AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &[u8],
+) -> Result<(), StreamError> {
+    tokio::time::timeout(WRITE_TIMEOUT, codec::send_frame(writer, frame))
+        .await
+        .map_err(|_| StreamError::Stalled)??;
     Ok(())
 }
 
@@ -431,16 +468,11 @@ fn owner_peer(product: &ProductId) -> Option<PeerId> {
 /// Each peer that does not hold the log costs a round trip.
 fn sources(shared: &Shared, product: &ProductId) -> Vec<PeerId> {
     let mut peers: Vec<PeerId> = owner_peer(product).into_iter().collect();
-    let consumers: HashSet<PeerId> = shared
-        .discovery
-        .holders(product)
-        .iter()
-        .filter_map(peer_of)
-        .collect();
-    let (likely, others): (Vec<PeerId>, Vec<PeerId>) = shared
-        .connected_peers()
-        .into_iter()
-        .partition(|p| consumers.contains(p));
+    let (likely, others): (Vec<PeerId>, Vec<PeerId>) =
+        shared.connected_peers().into_iter().partition(|p| {
+            PublicKey::from_peer_id_bytes(&p.to_bytes())
+                .is_ok_and(|key| shared.discovery.is_consumer(product, &key))
+        });
     for peer in likely.into_iter().chain(others) {
         if !peers.contains(&peer) {
             peers.push(peer);
@@ -464,7 +496,16 @@ async fn follow_from(
     let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LOG_PROTOCOL))
         .await
         .map_err(|_| StreamError::Open("timed out".into()))?
-        .map_err(|e| StreamError::Open(e.to_string()))?;
+        .map_err(|e| match e {
+            libp2p_stream::OpenStreamError::UnsupportedProtocol(p) => {
+                StreamError::Unsupported(p.to_string())
+            }
+            e => StreamError::Open(e.to_string()),
+        })?;
+    // Taken once the stream is open, on a connection open now: a departure from here on is
+    // its end. (Taken before, a connection that closed and reopened while the stream opened
+    // would end a stream that lives.)
+    let mark = shared.departures_of(&peer);
     let held = shared.hub.head(product).map_or(0, |h| h.seq());
     let request = SubscribeRequest {
         product: product.clone(),
@@ -473,7 +514,7 @@ async fn follow_from(
     codec::send_frame(&mut stream, &request.encode()).await?;
     let response = tokio::select! {
         response = codec::read_frame(&mut stream, config.frame_bytes_max, HANDSHAKE_TIMEOUT) => response?,
-        () = shared.gone(peer) => return Err(StreamError::Disconnected),
+        () = shared.gone(peer, mark) => return Err(StreamError::Disconnected),
     };
     let response = response.ok_or(StreamError::Closed)?;
     let response = SubscribeResponse::decode(response, &config)?;
@@ -509,7 +550,7 @@ async fn follow_from(
         Frame(Option<Bytes>),
         LookForOwner,
     }
-    let mut disconnected = std::pin::pin!(shared.gone(peer));
+    let mut disconnected = std::pin::pin!(shared.gone(peer, mark));
     loop {
         let next = tokio::select! {
             frame = frames.recv() => Next::Frame(frame.ok_or(StreamError::Closed)??),
@@ -547,7 +588,7 @@ async fn follow_from(
         }
         let hub = shared.hub.clone();
         let (p, name) = (product.clone(), peer_name.clone());
-        let report = tokio::task::spawn_blocking(move || hub.ingest(&p, frame.events, &name))
+        let report = crate::node::spawn_blocking(move || hub.ingest(&p, frame.events, &name))
             .await
             .map_err(|e| StreamError::Store(e.to_string()))?
             .map_err(|e| StreamError::Store(e.to_string()))?;

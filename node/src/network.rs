@@ -240,6 +240,10 @@ pub enum Command {
     /// Find a peer we are not connected to (a product's owner) through Kademlia, and connect
     /// to it. At most once per `LOOKUP_AGAIN_AFTER` per peer.
     FindPeer { peer: PeerId },
+    /// Close every connection to a peer from this side, as `trim` does: tests use it to
+    /// check that streams on those connections end at once.
+    #[cfg(test)]
+    Disconnect { peer: PeerId },
 }
 
 /// Least time between two Kademlia lookups of one peer.
@@ -266,7 +270,7 @@ async fn check_gossip(shared: Arc<Shared>, mut queued: mpsc::Receiver<GossipChec
         let senders: Vec<(MessageId, PeerId)> =
             checks.iter().map(|c| (c.id.clone(), c.source)).collect();
         let task_shared = shared.clone();
-        let acceptances = tokio::task::spawn_blocking(move || {
+        let acceptances = crate::node::spawn_blocking(move || {
             let peers: Vec<String> = checks.iter().map(|c| short(&c.source)).collect();
             let received = checks
                 .into_iter()
@@ -423,6 +427,10 @@ impl EventLoop {
                 self.swarm.behaviour_mut().kad.add_address(&peer, address);
             }
             Command::FindPeer { peer } => self.find_peer(peer),
+            #[cfg(test)]
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
         }
     }
 

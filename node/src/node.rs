@@ -94,8 +94,12 @@ pub struct Shared {
     /// even if the arrival happened while it was busy (a `watch` remembers; a `Notify` would
     /// only wake tasks already waiting).
     pub(crate) peer_joined: tokio::sync::watch::Sender<u64>,
-    /// Counts peer departures (the last connection to a peer closed): see [`Shared::gone`].
+    /// Counts peer departures (the last connection to a peer closed), to wake the tasks in
+    /// [`Shared::gone`]. Every departure wakes every such task; each checks its own peer in
+    /// `departures`, a map lookup.
     peer_left: tokio::sync::watch::Sender<u64>,
+    /// Departures per peer since this node started: see [`Shared::departures_of`].
+    departures: Mutex<HashMap<PeerId, u64>>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     syncing: Mutex<HashSet<PeerId>>,
     sources: Mutex<HashMap<ProductId, (PeerId, u64)>>,
@@ -133,6 +137,16 @@ impl Drop for LogStreamGuard {
             }
         }
     }
+}
+
+/// `spawn_blocking` in the caller's span, so that what the work logs says which node did it.
+pub(crate) fn spawn_blocking<F, R>(work: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,16 +200,25 @@ impl Shared {
         self.metrics.peers_connected.set(peers.len() as i64);
         drop(peers);
         lock(&self.last_seen).insert(*peer, now_micros());
+        *lock(&self.departures).entry(*peer).or_insert(0) += 1;
         self.peer_left.send_modify(|n| *n += 1);
     }
 
-    /// Resolves once no connection to `peer` is left. A read on a stream must also watch
-    /// this: when this node closes a connection itself (yamux's graceful close), the readers
-    /// of its streams are not woken, and would wait for their own timeouts (10 s and more)
-    /// to learn that the connection is gone.
-    pub(crate) async fn gone(&self, peer: PeerId) {
+    /// How many times the last connection to `peer` has closed: the mark that
+    /// [`Shared::gone`] compares against.
+    pub(crate) fn departures_of(&self, peer: &PeerId) -> u64 {
+        lock(&self.departures).get(peer).copied().unwrap_or(0)
+    }
+
+    /// Resolves once the connections to `peer` that were open at `mark` (a
+    /// [`Shared::departures_of`] reading) have all closed, or none is open now; a quick
+    /// reconnect after the mark does not hide the departure. A read on a stream must also
+    /// watch this: when this node closes a connection itself (yamux's graceful close), the
+    /// readers of its streams are not woken, and would wait for their own timeouts (10 s and
+    /// more) to learn that the connection is gone.
+    pub(crate) async fn gone(&self, peer: PeerId, mark: u64) {
         let mut left = self.peer_left.subscribe();
-        while self.is_connected(&peer) {
+        while self.is_connected(&peer) && self.departures_of(&peer) == mark {
             if left.changed().await.is_err() {
                 // The sender lives in `self`: cannot happen while we hold `self`.
                 return std::future::pending().await;
@@ -391,6 +414,7 @@ async fn start_on(
         peers: Mutex::new(BTreeMap::new()),
         peer_joined: tokio::sync::watch::Sender::new(0),
         peer_left: tokio::sync::watch::Sender::new(0),
+        departures: Mutex::default(),
         listen_addrs: Mutex::new(Vec::new()),
         syncing: Mutex::new(HashSet::new()),
         sources: Mutex::new(HashMap::new()),
@@ -597,6 +621,11 @@ pub struct Status {
 }
 
 impl NodeHandle {
+    /// The node's `node{id=…}` tracing span, for tasks that serve it from outside.
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.shared.span.clone()
+    }
+
     pub fn peer_id(&self) -> PeerId {
         self.shared.peer_id
     }
@@ -683,7 +712,7 @@ impl NodeHandle {
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
         let catalog = self.shared.catalog.clone();
         let stored = entry.clone();
-        tokio::task::spawn_blocking(move || catalog.accept_own(&stored))
+        crate::node::spawn_blocking(move || catalog.accept_own(&stored))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))??;
         self.command(Command::Gossip {
@@ -855,7 +884,7 @@ impl NodeHandle {
         }
         let store = self.shared.store.clone();
         let p = product.clone();
-        tokio::task::spawn_blocking(move || store.subscription_put(&p))
+        crate::node::spawn_blocking(move || store.subscription_put(&p))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))??;
         self.follow(product.clone());
@@ -1087,7 +1116,7 @@ impl NodeHandle {
         shared.tracker.close();
         let _ = tokio::time::timeout_at(deadline.into(), shared.tracker.wait()).await;
         let stopping = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || stopping.appender.stop()).await;
+        let _ = crate::node::spawn_blocking(move || stopping.appender.stop()).await;
         // Blocking work already under way (an ingest, a gossip check, a backfill read) holds
         // the state or the store briefly; wait for it, so the store is closed when we return.
         while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
@@ -1183,7 +1212,8 @@ mod tests {
         until_connected(&b, a_id, true).await;
 
         let shared = b.shared.clone();
-        let gone = tokio::spawn(async move { shared.gone(a_id).await });
+        let mark = shared.departures_of(&a_id);
+        let gone = tokio::spawn(async move { shared.gone(a_id, mark).await });
         // Peers joining or leaving other than `a` must not end the wait: a third node comes
         // and goes while `a` stays.
         let c = memory_node(vec![address(&b)]).await;
@@ -1202,5 +1232,101 @@ mod tests {
             .unwrap();
         assert!(!b.shared.is_connected(&a_id));
         b.shutdown().await;
+    }
+
+    /// The case `Shared::gone` is for: the subscriber closes the connection its stream runs
+    /// on. yamux wakes none of that stream's readers, so without `gone` the subscriber would
+    /// notice only when the source's silence timeout (35 s) passes.
+    #[tokio::test]
+    async fn a_subscription_recovers_at_once_when_this_node_closes_its_connection() {
+        let owner = memory_node(Vec::new()).await;
+        let subscriber = memory_node(vec![address(&owner)]).await;
+        let owner_id = owner.peer_id();
+        let descriptor = "name: orders\ndomain: test\nowner: test-team@example.com\n\
+                          description: Orders.\ntags: [test]\nversion: 1.0.0\n\
+                          schema:\n  fields:\n    - name: id\n      type: string\n";
+        let product = owner
+            .publish_yaml(descriptor)
+            .await
+            .expect("publish")
+            .product()
+            .clone();
+        let append = |n: u64| {
+            owner.append(
+                &product,
+                Bytes::from(format!("k{n}")),
+                mesh_protocol::Operation::Upsert,
+                Bytes::from_static(b"{}"),
+                vec![],
+            )
+        };
+        append(1).await.expect("append");
+        let until_head = |seq: u64| {
+            let subscriber = &subscriber;
+            let product = &product;
+            async move {
+                tokio::time::timeout(WAIT, async {
+                    while subscriber.head_seq(product) < seq {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("the subscriber should reach seq {seq}"));
+            }
+        };
+        until_connected(&subscriber, owner_id, true).await;
+        subscriber.subscribe(&product).await.expect("subscribe");
+        until_head(1).await;
+
+        subscriber
+            .shared
+            .commands
+            .send(crate::network::Command::Disconnect { peer: owner_id })
+            .await
+            .expect("the event loop runs");
+        until_connected(&subscriber, owner_id, false).await;
+        append(2).await.expect("append");
+        // Well under the silence timeout: the subscription must have seen the close, looked
+        // the owner up again and resubscribed.
+        let started = Instant::now();
+        until_head(2).await;
+        assert!(
+            started.elapsed() < SILENCE_BOUND,
+            "recovered after {:?}",
+            started.elapsed()
+        );
+        subscriber.shutdown().await;
+        owner.shutdown().await;
+    }
+
+    /// Far below the 35 s a subscriber waits on a silent source, far above a reconnect.
+    const SILENCE_BOUND: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn gone_sees_a_departure_hidden_by_a_quick_reconnect() {
+        let node = memory_node(Vec::new()).await;
+        let shared = node.shared.clone();
+        let peer = PeerId::random();
+        let address: Multiaddr = "/memory/1".parse().unwrap();
+        // Not connected at all: nothing to wait for.
+        tokio::time::timeout(WAIT, shared.gone(peer, shared.departures_of(&peer)))
+            .await
+            .expect("a peer that is not connected is gone");
+
+        shared.peer_connected(peer, address.clone());
+        let mark = shared.departures_of(&peer);
+        let waiting = shared.clone();
+        let gone = tokio::spawn(async move { waiting.gone(peer, mark).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!gone.is_finished(), "the peer is connected");
+        // The connection the stream ran on closes and a new one opens before the waiting
+        // task runs again: the peer is connected when it looks, yet its stream is dead.
+        shared.peer_disconnected(&peer);
+        shared.peer_connected(peer, address);
+        tokio::time::timeout(WAIT, gone)
+            .await
+            .expect("the departure ends the wait though the peer is back")
+            .unwrap();
+        node.shutdown().await;
     }
 }

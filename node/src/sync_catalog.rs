@@ -91,7 +91,7 @@ pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, Sync
             let catalog = shared.catalog.clone();
             let peer_name = short(&peer);
             let entries = response.entries;
-            let accepted = tokio::task::spawn_blocking(move || {
+            let accepted = crate::node::spawn_blocking(move || {
                 catalog.accept_many(entries.into_iter().map(|e| (e, peer_name.as_str())))
             })
             .await
