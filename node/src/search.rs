@@ -57,7 +57,9 @@
 //! before and after one. The pending set is committed when it reaches [`PENDING_MAX`]
 //! products, less a per-index random quarter at most (so that nodes sharing a machine do not
 //! all commit at once); [`SearchIndex::upsert_many`] (the rebuild on restart) commits once for
-//! its batch.
+//! its batch. A tantivy writer exists only during a commit: opened for it, and closed once the
+//! merges it started are done (an open writer holds two threads and ~2.4 MiB, see
+//! `State::commit`).
 //!
 //! Hits are built from our own table of products, not from tantivy's document store, which
 //! spares a decompression per hit; tantivy documents carry a `slot` that points into the table.
@@ -234,15 +236,6 @@ impl SearchIndex {
         let index = Index::create_in_ram(schema.build());
         let analyzer = analyzer();
         index.tokenizers().register(TOKENIZER, analyzer.clone());
-        // One indexing and one merging thread: a catalog is small, and a simulation runs a
-        // thousand of these indexes in one process (tantivy's default is four merge threads).
-        let writer = index.writer_with_options(
-            tantivy::indexer::IndexWriterOptions::builder()
-                .memory_budget_per_thread(WRITER_HEAP_BYTES)
-                .num_worker_threads(1)
-                .num_merge_threads(1)
-                .build(),
-        )?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -251,7 +244,7 @@ impl SearchIndex {
         let spread = rand::random_range(0..=PENDING_MAX / 4);
         Ok(Self {
             state: RwLock::new(State {
-                writer,
+                index,
                 queued: Vec::new(),
                 reader,
                 view,
@@ -291,15 +284,16 @@ impl SearchIndex {
     /// pending terms, since no search can see it before its commit.
     pub fn upsert_many(&self, entries: &[VerifiedCatalogEntry]) -> Result<(), SearchError> {
         let mut state = self.state.write().map_err(|_| SearchError::Poisoned)?;
+        let writer = state.open_writer()?;
         for chunk in entries.chunks(BATCH_CHUNK) {
             let prepared: Vec<_> = chunk.iter().map(|e| self.prepare(e)).collect();
             for p in prepared {
                 state.apply(&self.fields, p, false)?;
             }
             // Hand each chunk over, so the queue never holds the whole catalog.
-            state.flush_queued()?;
+            state.flush_queued(&writer)?;
         }
-        state.commit()
+        state.commit_with(writer)
     }
 
     /// Removes a product; removing one that is not indexed does nothing.
@@ -782,7 +776,8 @@ struct Fields {
 }
 
 struct State {
-    writer: IndexWriter,
+    /// A writer is opened for each commit and closed after it (see [`State::commit`]).
+    index: Index,
     /// Changes for the writer, handed to it only at the next commit: while a tantivy writer
     /// holds an uncommitted document it keeps a segment writer of ~14 MiB of arenas, and a
     /// simulation runs a thousand indexes in one process. Searches see these documents through
@@ -870,30 +865,55 @@ impl State {
         self.table.remove(slot);
     }
 
-    /// Hands the queued changes to the writer, in order. If the writer fails (its indexing
+    /// Hands the queued changes to `writer`, in order. If the writer fails (its indexing
     /// thread is gone), the changes not yet handed over stay queued.
-    fn flush_queued(&mut self) -> Result<(), SearchError> {
+    fn flush_queued(&mut self, writer: &IndexWriter) -> Result<(), SearchError> {
         let mut ops = std::mem::take(&mut self.queued).into_iter();
         while let Some(op) = ops.next() {
             match op {
                 WriterOp::Add(document) => {
-                    if let Err(e) = self.writer.add_document(document) {
+                    if let Err(e) = writer.add_document(document) {
                         self.queued.extend(ops);
                         return Err(e.into());
                     }
                 }
                 WriterOp::Delete(term) => {
-                    self.writer.delete_term(term);
+                    writer.delete_term(term);
                 }
             }
         }
         Ok(())
     }
 
-    /// Commits the writer, shows the commit to searches, and empties the pending set.
+    /// Commits the queued changes, shows the commit to searches, and empties the pending set.
+    ///
+    /// The writer lives only for the commit. An open tantivy writer holds two threads and a
+    /// document channel of 10,000 preallocated slots (~2.4 MiB), which an idle index does not
+    /// need: kept open, it was a quarter of an in-process node's memory. Commits come once
+    /// per ~200 upserts, so opening one costs little next to the commit itself.
     fn commit(&mut self) -> Result<(), SearchError> {
-        self.flush_queued()?;
-        self.writer.commit()?;
+        let writer = self.open_writer()?;
+        self.commit_with(writer)
+    }
+
+    fn open_writer(&self) -> Result<IndexWriter, SearchError> {
+        // One indexing and one merging thread: a catalog is small, and a simulation runs a
+        // thousand of these indexes in one process (tantivy's default is four merge threads).
+        Ok(self.index.writer_with_options(
+            tantivy::indexer::IndexWriterOptions::builder()
+                .memory_budget_per_thread(WRITER_HEAP_BYTES)
+                .num_worker_threads(1)
+                .num_merge_threads(1)
+                .build(),
+        )?)
+    }
+
+    /// [`State::commit`] with a writer already open, holding changes handed to it.
+    fn commit_with(&mut self, mut writer: IndexWriter) -> Result<(), SearchError> {
+        self.flush_queued(&writer)?;
+        writer.commit()?;
+        // Let the merges this commit started finish, so segments do not pile up, then close.
+        writer.wait_merging_threads()?;
         self.reader.reload()?;
         self.view = View::new(self.reader.searcher(), Some(&self.view))?;
         self.table.committed();
