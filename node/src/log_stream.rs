@@ -299,15 +299,22 @@ async fn send_events<W: futures::AsyncWrite + Unpin>(
     if !frame.events.is_empty() {
         frames.push(frame);
     }
-    let written = async {
-        for frame in frames {
-            codec::write_frame(writer, &frame.encode()).await?;
-        }
-        writer.flush().await
-    };
-    tokio::time::timeout(WRITE_TIMEOUT, written)
-        .await
-        .map_err(|_| StreamError::Stalled)??;
+    // Each frame has its own time limit: a batch may be a backfill page of many MiB, which a
+    // subscriber on a slow link reads for longer than one limit, frame after frame.
+    let last = frames.len().saturating_sub(1);
+    for (i, frame) in frames.into_iter().enumerate() {
+        let encoded = frame.encode();
+        let written = async {
+            codec::write_frame(writer, &encoded).await?;
+            if i == last {
+                writer.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, written)
+            .await
+            .map_err(|_| StreamError::Stalled)??;
+    }
     Ok(())
 }
 

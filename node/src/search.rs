@@ -57,9 +57,9 @@
 //! before and after one. The pending set is committed when it reaches [`PENDING_MAX`]
 //! products, less a per-index random quarter at most (so that nodes sharing a machine do not
 //! all commit at once); [`SearchIndex::upsert_many`] (the rebuild on restart) commits once for
-//! its batch. A tantivy writer exists only during a commit: opened for it, and closed once the
-//! merges it started are done (an open writer holds two threads and ~2.4 MiB, see
-//! `State::commit`).
+//! its batch. A tantivy writer exists only for a commit: opened for it, and closed on a thread
+//! of its own once the merges it started are done (an open writer holds three threads and
+//! ~2.4 MiB, see `State::commit`).
 //!
 //! Hits are built from our own table of products, not from tantivy's document store, which
 //! spares a decompression per hit; tantivy documents carry a `slot` that points into the table.
@@ -245,6 +245,7 @@ impl SearchIndex {
         Ok(Self {
             state: RwLock::new(State {
                 index,
+                closing: None,
                 queued: Vec::new(),
                 reader,
                 view,
@@ -778,6 +779,8 @@ struct Fields {
 struct State {
     /// A writer is opened for each commit and closed after it (see [`State::commit`]).
     index: Index,
+    /// The last commit's writer, finishing its merges before it closes.
+    closing: Option<std::thread::JoinHandle<()>>,
     /// Changes for the writer, handed to it only at the next commit: while a tantivy writer
     /// holds an uncommitted document it keeps a segment writer of ~14 MiB of arenas, and a
     /// simulation runs a thousand indexes in one process. Searches see these documents through
@@ -865,8 +868,9 @@ impl State {
         self.table.remove(slot);
     }
 
-    /// Hands the queued changes to `writer`, in order. If the writer fails (its indexing
-    /// thread is gone), the changes not yet handed over stay queued.
+    /// Hands the queued changes to `writer`, in order, and forgets them: for a rebuild, whose
+    /// queue must not hold the whole catalog. If the writer fails (its indexing thread is
+    /// gone), the changes not yet handed over stay queued.
     fn flush_queued(&mut self, writer: &IndexWriter) -> Result<(), SearchError> {
         let mut ops = std::mem::take(&mut self.queued).into_iter();
         while let Some(op) = ops.next() {
@@ -885,9 +889,26 @@ impl State {
         Ok(())
     }
 
+    /// Hands copies of the queued changes to `writer`, in order; the queue keeps them until
+    /// the commit succeeds, so a failed commit loses nothing (the next one hands them over to
+    /// a new writer).
+    fn hand_over(&self, writer: &IndexWriter) -> Result<(), SearchError> {
+        for op in &self.queued {
+            match op {
+                WriterOp::Add(document) => {
+                    writer.add_document(document.clone())?;
+                }
+                WriterOp::Delete(term) => {
+                    writer.delete_term(term.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Commits the queued changes, shows the commit to searches, and empties the pending set.
     ///
-    /// The writer lives only for the commit. An open tantivy writer holds two threads and a
+    /// The writer lives only for the commit. An open tantivy writer holds three threads and a
     /// document channel of 10,000 preallocated slots (~2.4 MiB), which an idle index does not
     /// need: kept open, it was a quarter of an in-process node's memory. Commits come once
     /// per ~200 upserts, so opening one costs little next to the commit itself.
@@ -896,7 +917,11 @@ impl State {
         self.commit_with(writer)
     }
 
-    fn open_writer(&self) -> Result<IndexWriter, SearchError> {
+    fn open_writer(&mut self) -> Result<IndexWriter, SearchError> {
+        // tantivy allows one writer per index: the last commit's may still be merging.
+        if let Some(closing) = self.closing.take() {
+            let _ = closing.join();
+        }
         // One indexing and one merging thread: a catalog is small, and a simulation runs a
         // thousand of these indexes in one process (tantivy's default is four merge threads).
         Ok(self.index.writer_with_options(
@@ -910,13 +935,22 @@ impl State {
 
     /// [`State::commit`] with a writer already open, holding changes handed to it.
     fn commit_with(&mut self, mut writer: IndexWriter) -> Result<(), SearchError> {
-        self.flush_queued(&writer)?;
+        self.hand_over(&writer)?;
         writer.commit()?;
-        // Let the merges this commit started finish, so segments do not pile up, then close.
-        writer.wait_merging_threads()?;
+        self.queued.clear();
         self.reader.reload()?;
         self.view = View::new(self.reader.searcher(), Some(&self.view))?;
         self.table.committed();
+        // The merges this commit started finish on their own thread, without holding up
+        // searches; dropping the writer instead would abandon them and let segments pile up.
+        // The next commit waits for them if they are still running.
+        let span = tracing::Span::current();
+        self.closing = Some(std::thread::spawn(move || {
+            let _entered = span.enter();
+            if let Err(e) = writer.wait_merging_threads() {
+                tracing::warn!("search index: a merge failed: {e}");
+            }
+        }));
         Ok(())
     }
 }

@@ -1,8 +1,8 @@
 //! `futures_timer::Delay` over tokio's timer (see README.md for why this crate exists).
 //!
 //! A [`Delay`] is a deadline until it is first polled before that deadline; only then does it
-//! register with a timer. gossipsub polls its per-message delays once, when it dequeues the
-//! message, so most of them never register at all.
+//! register with tokio's timer (a per-runtime wheel: no helper thread to wake, unlike
+//! futures-timer's). A delay polled after its deadline never registers.
 
 use std::fmt;
 use std::future::Future;
@@ -27,9 +27,11 @@ enum Timer {
 struct ThreadTimer {
     deadline: Instant,
     waker: Option<Waker>,
-    /// Whether a thread is sleeping for this timer; a delay reset after it fired needs a
-    /// new one.
-    sleeping: bool,
+    /// The thread sleeping for this timer, to wake when the deadline moves or the delay is
+    /// dropped; `None` once it has fired (a delay reset after that needs a new one).
+    sleeper: Option<std::thread::Thread>,
+    /// The delay was dropped: the sleeping thread ends.
+    dropped: bool,
 }
 
 impl Delay {
@@ -49,12 +51,25 @@ impl Delay {
                 .as_mut()
                 .reset(tokio::time::Instant::from_std(self.deadline)),
             Some(Timer::Thread(state)) => {
-                state
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .deadline = self.deadline;
+                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.deadline = self.deadline;
+                if let Some(sleeper) = &state.sleeper {
+                    sleeper.unpark();
+                }
             }
             None => {}
+        }
+    }
+}
+
+impl Drop for Delay {
+    fn drop(&mut self) {
+        if let Some(Timer::Thread(state)) = &self.timer {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.dropped = true;
+            if let Some(sleeper) = &state.sleeper {
+                sleeper.unpark();
+            }
         }
     }
 }
@@ -62,8 +77,9 @@ impl Delay {
 /// The timer for a delay first polled before its `deadline`.
 fn start_timer(deadline: Instant) -> Timer {
     if tokio::runtime::Handle::try_current().is_ok() {
-        // `sleep_until` panics on a runtime built without its time driver; every runtime of
-        // this project enables it (`enable_all`, `#[tokio::test]`).
+        // `sleep_until` panics on a runtime built without its time driver, and polling the
+        // sleep panics once its runtime has shut down. Every runtime of this project enables
+        // the driver (`enable_all`, `#[tokio::test]`), and libp2p's tasks end with theirs.
         return Timer::Tokio(Box::pin(tokio::time::sleep_until(
             tokio::time::Instant::from_std(deadline),
         )));
@@ -71,19 +87,26 @@ fn start_timer(deadline: Instant) -> Timer {
     Timer::Thread(Arc::new(Mutex::new(ThreadTimer {
         deadline,
         waker: None,
-        sleeping: false,
+        sleeper: None,
+        dropped: false,
     })))
 }
 
-/// Sleeps on a thread until `timer`'s deadline (which may move later meanwhile), then wakes
-/// its waker.
-fn sleep_on_thread(timer: Arc<Mutex<ThreadTimer>>) {
-    std::thread::spawn(move || {
+/// Starts a thread that sleeps until `timer`'s deadline (woken early when the deadline moves
+/// or the delay is dropped), then wakes the delay's waker. Called with `timer` locked, so the
+/// thread is registered as the sleeper before anyone can look for it.
+fn sleep_on_thread(timer: &Arc<Mutex<ThreadTimer>>, state: &mut ThreadTimer) {
+    let timer = timer.clone();
+    let thread = std::thread::spawn(move || {
         loop {
             let mut state = timer.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.dropped {
+                state.sleeper = None;
+                return;
+            }
             let now = Instant::now();
             if now >= state.deadline {
-                state.sleeping = false;
+                state.sleeper = None;
                 let waker = state.waker.take();
                 drop(state);
                 if let Some(waker) = waker {
@@ -93,9 +116,10 @@ fn sleep_on_thread(timer: Arc<Mutex<ThreadTimer>>) {
             }
             let left = state.deadline - now;
             drop(state);
-            std::thread::sleep(left);
+            std::thread::park_timeout(left);
         }
     });
+    state.sleeper = Some(thread.thread().clone());
 }
 
 /// `now + duration`, or a deadline a century away for durations too long to add.
@@ -118,9 +142,8 @@ impl Future for Delay {
             Timer::Thread(timer) => {
                 let mut state = timer.lock().unwrap_or_else(PoisonError::into_inner);
                 state.waker = Some(cx.waker().clone());
-                if !state.sleeping {
-                    state.sleeping = true;
-                    sleep_on_thread(timer.clone());
+                if state.sleeper.is_none() {
+                    sleep_on_thread(timer, &mut state);
                 }
                 Poll::Pending
             }
@@ -182,6 +205,35 @@ mod tests {
         delay.reset(Duration::from_millis(30));
         block_on(&mut delay);
         assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn without_a_runtime_a_reset_to_an_earlier_deadline_fires_early() {
+        let mut delay = Delay::new(Duration::from_secs(3600));
+        assert!(
+            futures_poll(&mut delay).is_pending(),
+            "its thread sleeps for an hour"
+        );
+        let started = Instant::now();
+        delay.reset(Duration::from_millis(20));
+        block_on(&mut delay);
+        assert!(started.elapsed() < WAIT);
+    }
+
+    #[test]
+    fn without_a_runtime_dropping_a_delay_ends_its_thread() {
+        let mut delay = Delay::new(Duration::from_secs(3600));
+        assert!(futures_poll(&mut delay).is_pending());
+        let Some(Timer::Thread(state)) = &delay.timer else {
+            panic!("outside a runtime the delay sleeps on a thread");
+        };
+        let state = state.clone();
+        drop(delay);
+        let deadline = Instant::now() + WAIT;
+        while state.lock().unwrap().sleeper.is_some() {
+            assert!(Instant::now() < deadline, "the thread did not end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
