@@ -945,12 +945,19 @@ impl State {
         // searches; dropping the writer instead would abandon them and let segments pile up.
         // The next commit waits for them if they are still running.
         let span = tracing::Span::current();
-        self.closing = Some(std::thread::spawn(move || {
-            let _entered = span.enter();
-            if let Err(e) = writer.wait_merging_threads() {
-                tracing::warn!("search index: a merge failed: {e}");
-            }
-        }));
+        let closing = std::thread::Builder::new()
+            .name("search-merge".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                if let Err(e) = writer.wait_merging_threads() {
+                    tracing::warn!("search index: a merge failed: {e}");
+                }
+            });
+        match closing {
+            Ok(thread) => self.closing = Some(thread),
+            // The writer went with the closure: its merges are abandoned, the commit stands.
+            Err(e) => tracing::warn!("search index: cannot start a thread for merges: {e}"),
+        }
         Ok(())
     }
 }
