@@ -122,9 +122,10 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
     // From the first byte on, so that neither side closes the connection as unneeded while
     // the handshake runs.
     let _kept = shared.log_stream_with(peer);
-    // The stream's connection was open when it arrived (or has closed, which `gone` also
-    // sees): a departure from here on is its end. Every read and write of the stream stops
-    // then, blocked ones too (see `Shared::gone`).
+    // The stream's connection was open when it arrived, or has closed since, which `gone`
+    // also sees unless the peer reconnected before this task ran (then the handshake's time
+    // limit ends it). A departure from here on is its end: every read and write of the
+    // stream stops then, blocked ones too (see `Shared::gone`).
     let mark = shared.departures_of(&peer);
     tokio::select! {
         result = serve_stream(shared, peer, stream) => result,
