@@ -305,16 +305,14 @@ async fn send_events<W: futures::AsyncWrite + Unpin>(
     let last = frames.len().saturating_sub(1);
     for (i, frame) in frames.into_iter().enumerate() {
         let encoded = frame.encode();
-        let written = async {
+        within_write_timeout(async {
             codec::write_frame(writer, &encoded).await?;
             if i == last {
                 writer.flush().await?;
             }
-            Ok::<(), std::io::Error>(())
-        };
-        tokio::time::timeout(WRITE_TIMEOUT, written)
-            .await
-            .map_err(|_| StreamError::Stalled)??;
+            Ok(())
+        })
+        .await?;
     }
     Ok(())
 }
@@ -333,7 +331,14 @@ async fn send<W: futures::AsyncWrite + Unpin>(
     writer: &mut W,
     frame: &[u8],
 ) -> Result<(), StreamError> {
-    tokio::time::timeout(WRITE_TIMEOUT, codec::send_frame(writer, frame))
+    within_write_timeout(codec::send_frame(writer, frame)).await
+}
+
+/// A write to a subscriber, ended as [`StreamError::Stalled`] after [`WRITE_TIMEOUT`].
+async fn within_write_timeout(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), StreamError> {
+    tokio::time::timeout(WRITE_TIMEOUT, write)
         .await
         .map_err(|_| StreamError::Stalled)??;
     Ok(())
@@ -459,16 +464,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The peer id of a node's key.
-fn peer_of(key: &PublicKey) -> Option<PeerId> {
-    libp2p::identity::ed25519::PublicKey::try_from_bytes(key.as_bytes())
-        .ok()
-        .map(|k| libp2p::identity::PublicKey::from(k).to_peer_id())
-}
-
 /// The peer id of a product's owner.
 fn owner_peer(product: &ProductId) -> Option<PeerId> {
-    peer_of(product.owner())
+    libp2p::identity::ed25519::PublicKey::try_from_bytes(product.owner().as_bytes())
+        .ok()
+        .map(|k| libp2p::identity::PublicKey::from(k).to_peer_id())
 }
 
 /// Where to ask for a product's log, best first: its owner, then the connected peers that
