@@ -1195,13 +1195,22 @@ mod tests {
 
     /// Waits (at most `WAIT`) until `node` is connected to `peer`, or is not, as `connected` says.
     async fn until_connected(node: &NodeHandle, peer: PeerId, connected: bool) {
+        until(
+            || node.shared.is_connected(&peer) == connected,
+            &format!("connected to {peer} should become {connected}"),
+        )
+        .await;
+    }
+
+    /// Polls `condition` until it holds; panics with `what` after `WAIT`.
+    async fn until(condition: impl Fn() -> bool, what: &str) {
         tokio::time::timeout(WAIT, async {
-            while node.shared.is_connected(&peer) != connected {
+            while !condition() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("connected to {peer} should become {connected}"));
+        .unwrap_or_else(|_| panic!("{what}"));
     }
 
     #[tokio::test]
@@ -1262,16 +1271,10 @@ mod tests {
         };
         append(1).await.expect("append");
         let until_head = |seq: u64| {
-            let subscriber = &subscriber;
-            let product = &product;
+            let (subscriber, product) = (&subscriber, &product);
             async move {
-                tokio::time::timeout(WAIT, async {
-                    while subscriber.head_seq(product) < seq {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| panic!("the subscriber should reach seq {seq}"));
+                let what = format!("the subscriber should reach seq {seq}");
+                until(|| subscriber.head_seq(product) >= seq, &what).await;
             }
         };
         until_connected(&subscriber, owner_id, true).await;
