@@ -404,12 +404,13 @@ fn rebuild(store: &Arc<dyn Store>, config: &Config) -> Result<Inner, StoreError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::MemoryStore;
     use mesh_protocol::{CatalogEntry, Descriptor, ProductName, SecretKey};
 
-    fn entry(owner: &SecretKey, name: &str, revision: u64) -> Bytes {
+    /// `owner`'s signed entry for a product `name` at `revision`, encoded.
+    pub(crate) fn entry(owner: &SecretKey, name: &str, revision: u64) -> Bytes {
         let config = Config::default();
         let yaml = format!(
             "name: {name}\ndomain: d\nowner: o\ndescription: x\nversion: 1.0.0\nschema:\n  fields:\n    - name: id\n      type: string\n"

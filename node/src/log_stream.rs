@@ -126,7 +126,7 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
     // also sees unless the peer reconnected before this task ran (then the handshake's time
     // limit ends it). A departure from here on is its end: every read and write of the
     // stream stops then, blocked ones too (see `Shared::gone`).
-    let mark = shared.departures_of(&peer);
+    let mark = shared.arrival_of(&peer);
     tokio::select! {
         result = serve_stream(shared, peer, stream) => result,
         () = shared.gone(peer, mark) => Err(StreamError::Disconnected),
@@ -513,7 +513,7 @@ async fn follow_from(
     // Taken once the stream is open, on a connection open now: a departure from here on is
     // its end. (Taken before, a connection that closed and reopened while the stream opened
     // would end a stream that lives.)
-    let mark = shared.departures_of(&peer);
+    let mark = shared.arrival_of(&peer);
     let held = shared.hub.head(product).map_or(0, |h| h.seq());
     let request = SubscribeRequest {
         product: product.clone(),

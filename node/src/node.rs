@@ -65,6 +65,10 @@ impl std::fmt::Debug for NodeOptions {
     }
 }
 
+/// Peers whose last departure a node remembers, beyond the owners of its catalog's products
+/// (see `Shared::remember_seen`): far more than a mesh's domains, and a few hundred KiB.
+const LAST_SEEN_MAX: usize = 8192;
+
 /// State shared by the event loop, the stream tasks and the handle.
 pub struct Shared {
     pub peer_id: PeerId,
@@ -89,17 +93,18 @@ pub struct Shared {
     tracker: TaskTracker,
     appender: Appender,
     started: Instant,
-    peers: Mutex<BTreeMap<PeerId, Multiaddr>>,
-    /// Counts peer arrivals. A subscription waiting to retry wakes at once when it changes,
-    /// even if the arrival happened while it was busy (a `watch` remembers; a `Notify` would
-    /// only wake tasks already waiting).
+    /// Connected peers: the address of the first connection, and the arrival's number (see
+    /// [`Shared::arrival_of`]).
+    peers: Mutex<BTreeMap<PeerId, (Multiaddr, u64)>>,
+    /// Counts peer arrivals (a first connection to a peer opened), numbering them. A
+    /// subscription waiting to retry wakes at once when it changes, even if the arrival
+    /// happened while it was busy (a `watch` remembers; a `Notify` would only wake tasks
+    /// already waiting).
     pub(crate) peer_joined: tokio::sync::watch::Sender<u64>,
     /// Counts peer departures (the last connection to a peer closed), to wake the tasks in
     /// [`Shared::gone`]. Every departure wakes every such task; each checks its own peer in
-    /// `departures`, a map lookup.
+    /// `peers`, a map lookup.
     peer_left: tokio::sync::watch::Sender<u64>,
-    /// Departures per peer since this node started: see [`Shared::departures_of`].
-    departures: Mutex<HashMap<PeerId, u64>>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     syncing: Mutex<HashSet<PeerId>>,
     sources: Mutex<HashMap<ProductId, (PeerId, u64)>>,
@@ -107,6 +112,7 @@ pub struct Shared {
     publishing: tokio::sync::Mutex<()>,
     /// Upstream products each own product's events cited since start (observed lineage).
     cited: Mutex<HashMap<ProductName, BTreeSet<ProductId>>>,
+    /// When peers that left were last connected: pruned past [`LAST_SEEN_MAX`] entries.
     last_seen: Mutex<HashMap<PeerId, u64>>,
     /// Live log streams per peer, served or followed, and the owners of followed products:
     /// their connections are kept.
@@ -161,10 +167,13 @@ impl Shared {
 
     pub(crate) fn peer_connected(&self, peer: PeerId, address: Multiaddr) {
         let mut peers = lock(&self.peers);
-        peers.insert(peer, address);
+        let mut arrival = 0;
+        self.peer_joined.send_modify(|n| {
+            *n += 1;
+            arrival = *n;
+        });
+        peers.insert(peer, (address, arrival));
         self.metrics.peers_connected.set(peers.len() as i64);
-        drop(peers);
-        self.peer_joined.send_modify(|n| *n += 1);
     }
 
     pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
@@ -199,26 +208,54 @@ impl Shared {
         peers.remove(peer);
         self.metrics.peers_connected.set(peers.len() as i64);
         drop(peers);
-        lock(&self.last_seen).insert(*peer, now_micros());
-        *lock(&self.departures).entry(*peer).or_insert(0) += 1;
+        self.remember_seen(*peer);
         self.peer_left.send_modify(|n| *n += 1);
     }
 
-    /// How many times the last connection to `peer` has closed: the mark that
-    /// [`Shared::gone`] compares against.
-    pub(crate) fn departures_of(&self, peer: &PeerId) -> u64 {
-        lock(&self.departures).get(peer).copied().unwrap_or(0)
+    /// Records when `peer` left, keeping the record bounded: past [`LAST_SEEN_MAX`] peers
+    /// it keeps the owners of catalog products (whose liveness the health report reads) and
+    /// the peers that left last, so that peers connecting under ever new identities cannot
+    /// grow it without end.
+    fn remember_seen(&self, peer: PeerId) {
+        let mut seen = lock(&self.last_seen);
+        seen.insert(peer, now_micros());
+        if seen.len() <= LAST_SEEN_MAX {
+            return;
+        }
+        let owners: HashSet<PeerId> = self
+            .catalog
+            .entries()
+            .iter()
+            .filter_map(|e| PeerId::from_bytes(&e.product().owner().to_peer_id_bytes()).ok())
+            .collect();
+        let mut others: Vec<(u64, PeerId)> = seen
+            .iter()
+            .filter(|(p, _)| !owners.contains(p))
+            .map(|(p, t)| (*t, *p))
+            .collect();
+        others.sort_unstable();
+        // Down to three quarters of the bound, so the catalog is read once per quarter.
+        let excess = seen.len().saturating_sub(LAST_SEEN_MAX / 4 * 3);
+        for (_, p) in others.iter().take(excess) {
+            seen.remove(p);
+        }
     }
 
-    /// Resolves once the connections to `peer` that were open at `mark` (a
-    /// [`Shared::departures_of`] reading) have all closed, or none is open now; a quick
-    /// reconnect after the mark does not hide the departure. A read on a stream must also
-    /// watch this: when this node closes a connection itself (yamux's graceful close), the
-    /// readers of its streams are not woken, and would wait for their own timeouts (10 s and
-    /// more) to learn that the connection is gone.
-    pub(crate) async fn gone(&self, peer: PeerId, mark: u64) {
+    /// The number of `peer`'s arrival if it is connected: the mark that [`Shared::gone`]
+    /// compares against.
+    pub(crate) fn arrival_of(&self, peer: &PeerId) -> Option<u64> {
+        lock(&self.peers).get(peer).map(|(_, arrival)| *arrival)
+    }
+
+    /// Resolves once the connections to `peer` that were open at `mark` (an
+    /// [`Shared::arrival_of`] reading) have all closed, or none is open now; a quick
+    /// reconnect after the mark does not hide the departure (it is another arrival). A read
+    /// on a stream must also watch this: when this node closes a connection itself (yamux's
+    /// graceful close), the readers of its streams are not woken, and would wait for their
+    /// own timeouts (10 s and more) to learn that the connection is gone.
+    pub(crate) async fn gone(&self, peer: PeerId, mark: Option<u64>) {
         let mut left = self.peer_left.subscribe();
-        while self.is_connected(&peer) && self.departures_of(&peer) == mark {
+        while mark.is_some() && self.arrival_of(&peer) == mark {
             if left.changed().await.is_err() {
                 // The sender lives in `self`: cannot happen while we hold `self`.
                 return std::future::pending().await;
@@ -414,7 +451,6 @@ async fn start_on(
         peers: Mutex::new(BTreeMap::new()),
         peer_joined: tokio::sync::watch::Sender::new(0),
         peer_left: tokio::sync::watch::Sender::new(0),
-        departures: Mutex::default(),
         listen_addrs: Mutex::new(Vec::new()),
         syncing: Mutex::new(HashSet::new()),
         sources: Mutex::new(HashMap::new()),
@@ -1031,7 +1067,7 @@ impl NodeHandle {
         let s = &self.shared;
         let peers = lock(&s.peers)
             .iter()
-            .map(|(p, a)| PeerView {
+            .map(|(p, (a, _))| PeerView {
                 peer_id: p.to_string(),
                 address: a.to_string(),
             })
@@ -1221,7 +1257,7 @@ mod tests {
         until_connected(&b, a_id, true).await;
 
         let shared = b.shared.clone();
-        let mark = shared.departures_of(&a_id);
+        let mark = shared.arrival_of(&a_id);
         let gone = tokio::spawn(async move { shared.gone(a_id, mark).await });
         // Peers joining or leaving other than `a` must not end the wait: a third node comes
         // and goes while `a` stays.
@@ -1302,6 +1338,48 @@ mod tests {
         owner.shutdown().await;
     }
 
+    #[tokio::test]
+    async fn the_record_of_departed_peers_is_bounded_and_keeps_catalog_owners() {
+        let node = memory_node(Vec::new()).await;
+        let shared = node.shared.clone();
+        let owner = SecretKey::from_bytes(&[7; 32]);
+        let accepted = shared
+            .catalog
+            .accept_many([(crate::catalog::tests::entry(&owner, "orders", 1), "test")])
+            .unwrap();
+        assert_eq!(accepted.changed.len(), 1);
+        let owner_peer = PeerId::from_bytes(&owner.public().to_peer_id_bytes()).unwrap();
+        let address: Multiaddr = "/memory/1".parse().unwrap();
+        let visit = |peer: PeerId| {
+            shared.peer_connected(peer, address.clone());
+            shared.peer_disconnected(&peer);
+        };
+        // The owner left first, then the oldest other peer: ids cycled past the bound must
+        // drop the latter, not the former.
+        visit(owner_peer);
+        let oldest = PeerId::random();
+        visit(oldest);
+        let mut newest = oldest;
+        for _ in 0..LAST_SEEN_MAX {
+            newest = PeerId::random();
+            visit(newest);
+        }
+
+        let seen = shared.last_seen();
+        assert!(
+            seen.len() <= LAST_SEEN_MAX + 1,
+            "{} peers remembered",
+            seen.len()
+        );
+        assert!(seen.contains_key(&owner_peer), "an owner is kept");
+        assert!(
+            !seen.contains_key(&oldest),
+            "the oldest other peer is dropped"
+        );
+        assert!(seen.contains_key(&newest), "the last peer to leave is kept");
+        node.shutdown().await;
+    }
+
     /// Far below the 35 s a subscriber waits on a silent source, far above a reconnect.
     const SILENCE_BOUND: Duration = Duration::from_secs(10);
 
@@ -1312,12 +1390,12 @@ mod tests {
         let peer = PeerId::random();
         let address: Multiaddr = "/memory/1".parse().unwrap();
         // Not connected at all: nothing to wait for.
-        tokio::time::timeout(WAIT, shared.gone(peer, shared.departures_of(&peer)))
+        tokio::time::timeout(WAIT, shared.gone(peer, shared.arrival_of(&peer)))
             .await
             .expect("a peer that is not connected is gone");
 
         shared.peer_connected(peer, address.clone());
-        let mark = shared.departures_of(&peer);
+        let mark = shared.arrival_of(&peer);
         let waiting = shared.clone();
         let gone = tokio::spawn(async move { waiting.gone(peer, mark).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
