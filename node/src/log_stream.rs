@@ -609,3 +609,94 @@ async fn follow_from(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::tests::{address, memory_node, until_connected};
+    use libp2p::core::transport::MemoryTransport;
+    use libp2p::core::upgrade::Version;
+    use libp2p::{Transport, noise, yamux};
+    use mesh_protocol::{ProductName, SecretKey};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A subscriber that never reads: flow control holds every write.
+    struct NeverReads;
+
+    impl futures::AsyncWrite for NeverReads {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_to_a_subscriber_that_never_reads_ends_as_stalled() {
+        let started = tokio::time::Instant::now();
+        let error = send(&mut NeverReads, b"frame").await.unwrap_err();
+        assert!(matches!(error, StreamError::Stalled), "{error}");
+        assert!(
+            started.elapsed() >= WRITE_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A subscriber that reads gets the frame, whole.
+        let mut read = Vec::new();
+        send(&mut futures::io::Cursor::new(&mut read), b"frame")
+            .await
+            .unwrap();
+        assert!(read.ends_with(b"frame"), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_log_protocol_is_unsupported_not_gone() {
+        let node = memory_node(Vec::new()).await;
+        let mut bare = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)
+                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .unwrap()
+            .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let bare_id = *bare.local_peer_id();
+        bare.dial(address(&node)).unwrap();
+        let driver = tokio::spawn(async move {
+            loop {
+                futures::StreamExt::select_next_some(&mut bare).await;
+            }
+        });
+        until_connected(&node, bare_id, true).await;
+
+        let owner = SecretKey::from_bytes(&[3; 32]);
+        let product = ProductId::new(owner.public(), ProductName::new("orders").unwrap());
+        let error = follow_from(&node.shared, &product, bare_id, false)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StreamError::Unsupported(_)), "{error}");
+        assert!(!error.is_connection_loss(), "{error}");
+        assert!(node.shared.is_connected(&bare_id), "the connection stays");
+        driver.abort();
+        node.shutdown().await;
+    }
+}

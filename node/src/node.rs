@@ -343,7 +343,7 @@ pub(crate) async fn accept_streams<F, Fut, E>(
 /// A running node. Cheap to clone; every clone drives the same node.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -1199,13 +1199,13 @@ pub(crate) fn event_view(event: &VerifiedEvent, status: String) -> EventView {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::MemoryStore;
 
     const WAIT: Duration = Duration::from_secs(20);
 
-    async fn memory_node(peers: Vec<Multiaddr>) -> NodeHandle {
+    pub(crate) async fn memory_node(peers: Vec<Multiaddr>) -> NodeHandle {
         start(NodeOptions {
             config: NodeConfig {
                 domain: "test".into(),
@@ -1223,14 +1223,14 @@ mod tests {
     }
 
     /// `node`'s address, to dial it with.
-    fn address(node: &NodeHandle) -> Multiaddr {
+    pub(crate) fn address(node: &NodeHandle) -> Multiaddr {
         node.listen_addrs()[0]
             .clone()
             .with(libp2p::multiaddr::Protocol::P2p(node.peer_id()))
     }
 
     /// Waits (at most `WAIT`) until `node` is connected to `peer`, or is not, as `connected` says.
-    async fn until_connected(node: &NodeHandle, peer: PeerId, connected: bool) {
+    pub(crate) async fn until_connected(node: &NodeHandle, peer: PeerId, connected: bool) {
         until(
             || node.shared.is_connected(&peer) == connected,
             &format!("connected to {peer} should become {connected}"),
