@@ -60,7 +60,21 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/forks", get(forks))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            in_node_span,
+        ))
         .with_state(node)
+}
+
+/// Runs each request in the node's `node{id=…}` span, as every other task of the node runs:
+/// axum serves each connection on a task of its own, outside the span of the server's task.
+async fn in_node_span(
+    State(node): State<NodeHandle>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    next.run(request).instrument(node.span()).await
 }
 
 /// Serves the API on `addr` until `shutdown` is cancelled. Returns the bound address.
@@ -511,4 +525,66 @@ async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Log lines, as the node's operator would read them.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Self;
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_request_logs_names_the_node() {
+        let logs = Captured::default();
+        // This thread's only: the test runtime runs every task on it.
+        let _logging = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(logs.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        let node = crate::node::tests::memory_node(Vec::new()).await;
+        let shutdown = CancellationToken::new();
+        let (bound, server) = serve(node.clone(), ([127, 0, 0, 1], 0).into(), shutdown.clone())
+            .await
+            .unwrap();
+        let yaml = "name: orders\ndomain: sales\nowner: sales@example.com\ndescription: x\n\
+                    version: 1.0.0\nschema:\n  fields:\n    - name: id\n      type: string\n";
+        let published = tokio::task::spawn_blocking(move || {
+            ureq::post(format!("http://{bound}/v1/products")).send(yaml)
+        });
+        let response = published.await.unwrap().expect("published");
+        assert_eq!(response.status(), 200);
+
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("published"))
+            .unwrap_or_else(|| panic!("no publish logged in:\n{logs}"));
+        let span = format!("node{{id={}}}", crate::network::short(&node.peer_id()));
+        assert!(line.contains(&span), "{line}");
+        shutdown.cancel();
+        server.await.unwrap();
+        node.shutdown().await;
+    }
 }
