@@ -21,7 +21,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, kad};
 use mesh_node::behaviour::{CATALOG_TOPIC, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 use mesh_node::network::{
-    PeerDiscovery, TRIM_INTERVAL, look_for_peers, routing_table_peers, unneeded,
+    PeerDiscovery, TRIM_INTERVAL, end_bootstraps, look_for_peers, routing_table_peers, unneeded,
 };
 use mesh_protocol::wire::pb;
 use mesh_protocol::{ProductId, ProductName, SecretKey, SignedCatalogEntry};
@@ -147,7 +147,7 @@ async fn drive(
             _ = bootstrap.tick() => {
                 if discovery.should_look(connected.len(), std::time::Instant::now()) {
                     let local = *swarm.local_peer_id();
-                    look_for_peers(&mut swarm.behaviour_mut().kad, local);
+                    look_for_peers(&mut swarm.behaviour_mut().kad, local, peers_wanted);
                 }
             }
             event = swarm.select_next_some() => match event {
@@ -157,7 +157,7 @@ async fn drive(
                         && discovery.should_look(1, std::time::Instant::now()) =>
                 {
                     let local = *swarm.local_peer_id();
-                    look_for_peers(&mut swarm.behaviour_mut().kad, local);
+                    look_for_peers(&mut swarm.behaviour_mut().kad, local, peers_wanted);
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     connected.remove(&peer_id);
@@ -193,6 +193,8 @@ async fn drive(
                 _ => {}
             }
         }
+        // The node's rule, as for looking and trimming: no Kademlia bootstrap.
+        end_bootstraps(&mut swarm.behaviour_mut().kad);
     }
 }
 
