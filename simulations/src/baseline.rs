@@ -19,7 +19,7 @@ use indicatif::ProgressBar;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, kad};
-use mesh_node::behaviour::{CATALOG_TOPIC, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+use mesh_node::behaviour::{CATALOG_TOPIC, IDENTIFY_PROTOCOL};
 use mesh_node::network::{
     PeerDiscovery, TRIM_INTERVAL, end_bootstraps, look_for_peers, routing_table_peers, unneeded,
 };
@@ -77,11 +77,12 @@ fn swarm(
         IDENTIFY_PROTOCOL.into(),
         keypair.public(),
     ));
-    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-    kad_config.set_query_timeout(Duration::from_secs(30));
-    kad_config.set_periodic_bootstrap_interval(None);
-    let mut kad =
-        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+    // The node's Kademlia settings: discovery is the harness's, shared by both stacks.
+    let mut kad = kad::Behaviour::with_config(
+        peer_id,
+        kad::store::MemoryStore::new(peer_id),
+        mesh_node::behaviour::kad_config(),
+    );
     kad.set_mode(Some(if with_discovery {
         kad::Mode::Server
     } else {
