@@ -65,8 +65,8 @@ impl std::fmt::Debug for NodeOptions {
     }
 }
 
-/// Peers whose last departure a node remembers, beyond the owners of its catalog's products
-/// (see `Shared::remember_seen`): far more than a mesh's domains, and a few hundred KiB.
+/// Peers whose last departure a node remembers (see `Shared::remember_seen`): far more than
+/// a mesh's domains, and a few hundred KiB.
 const LAST_SEEN_MAX: usize = 8192;
 
 /// State shared by the event loop, the stream tasks and the handle.
@@ -213,9 +213,9 @@ impl Shared {
     }
 
     /// Records when `peer` left, keeping the record bounded: past [`LAST_SEEN_MAX`] peers
-    /// it keeps the owners of catalog products (whose liveness the health report reads) and
-    /// the peers that left last, so that peers connecting under ever new identities cannot
-    /// grow it without end.
+    /// it drops the peers that left longest ago, owners of catalog products (whose liveness
+    /// the health report reads) last, so that peers connecting under ever new identities
+    /// cannot grow it without end.
     fn remember_seen(&self, peer: PeerId) {
         let mut seen = lock(&self.last_seen);
         seen.insert(peer, now_micros());
@@ -228,15 +228,15 @@ impl Shared {
             .iter()
             .filter_map(|e| PeerId::from_bytes(&e.product().owner().to_peer_id_bytes()).ok())
             .collect();
-        let mut others: Vec<(u64, PeerId)> = seen
+        // Others before owners, oldest first; down to three quarters of the bound whatever
+        // the catalog holds, so the catalog is read once per quarter of the bound.
+        let mut order: Vec<(bool, u64, PeerId)> = seen
             .iter()
-            .filter(|(p, _)| !owners.contains(p))
-            .map(|(p, t)| (*t, *p))
+            .map(|(p, t)| (owners.contains(p), *t, *p))
             .collect();
-        others.sort_unstable();
-        // Down to three quarters of the bound, so the catalog is read once per quarter.
+        order.sort_unstable();
         let excess = seen.len().saturating_sub(LAST_SEEN_MAX / 4 * 3);
-        for (_, p) in others.iter().take(excess) {
+        for (_, _, p) in order.iter().take(excess) {
             seen.remove(p);
         }
     }
