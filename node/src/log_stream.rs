@@ -614,9 +614,6 @@ async fn follow_from(
 mod tests {
     use super::*;
     use crate::node::tests::{address, memory_node, until_connected};
-    use libp2p::core::transport::MemoryTransport;
-    use libp2p::core::upgrade::Version;
-    use libp2p::{Transport, noise, yamux};
     use mesh_protocol::{ProductName, SecretKey};
     use std::pin::Pin;
     use std::task::{Context, Poll};
@@ -664,16 +661,7 @@ mod tests {
         let node = memory_node(Vec::new()).await;
         let mut bare = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
-            .with_other_transport(|key| {
-                let noise = noise::Config::new(key)
-                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    MemoryTransport::default()
-                        .upgrade(Version::V1)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default()),
-                )
-            })
+            .with_other_transport(crate::node::memory_transport)
             .unwrap()
             .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
             .unwrap()

@@ -347,6 +347,20 @@ pub struct NodeHandle {
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
+/// libp2p's in-memory transport under noise and yamux, as [`TransportKind::Memory`] runs it.
+pub(crate) fn memory_transport(
+    key: &libp2p::identity::Keypair,
+) -> Result<
+    libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    Ok(MemoryTransport::default()
+        .upgrade(Version::V1)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .boxed())
+}
+
 /// Builds a node's transport from its identity key, in place of the one [`TransportKind`]
 /// names: used by the simulator (`meshsim`) for an in-process network whose links it shapes
 /// (delay, loss, partitions) and measures (bytes, gossip copies). The caller applies the
@@ -547,16 +561,7 @@ fn build_swarm(
             .with_swarm_config(|c| behaviour::swarm_config(config, c))
             .build(),
         TransportKind::Memory => builder
-            .with_other_transport(|key| {
-                let noise = noise::Config::new(key)
-                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    MemoryTransport::default()
-                        .upgrade(Version::V1)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default()),
-                )
-            })?
+            .with_other_transport(memory_transport)?
             .with_behaviour(behaviour)?
             .with_swarm_config(|c| behaviour::swarm_config(config, c))
             .build(),
