@@ -377,9 +377,10 @@ pub async fn follow(
     // no stream runs on it yet: a lookup's connection to it must not be closed as unneeded
     // before this loop gets to use it.
     let _owner_kept = owner.map(|o| shared.log_stream_with(o));
-    // When the owner last refused us: while that is recent, a fallback source is not left for
-    // the owner (it would refuse again, e.g. when busy).
-    let mut owner_refused: Option<Instant> = None;
+    // The owner's refusals in a row, and until when a fallback source is not left for the owner
+    // (it would likely refuse again, e.g. while busy).
+    let mut owner_refusals = 0;
+    let mut owner_refused_until: Option<Instant> = None;
     // Whether this round already went back to the owner at once after losing its connection
     // (at most once between two waits: no loop without a wait).
     let mut owner_retried = false;
@@ -404,17 +405,20 @@ pub async fn follow(
                 continue 'rounds;
             }
             let before = shared.hub.head(&product).map_or(0, |h| h.seq());
-            let recheck_owner = owner_refused.is_none_or(|at| at.elapsed() > OWNER_REFUSAL_MEMORY);
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
-                r = follow_from(&shared, &product, peer, recheck_owner) => r,
+                r = follow_from(&shared, &product, peer, owner_refused_until) => r,
             };
             let after = shared.hub.head(&product).map_or(0, |h| h.seq());
             progressed |= after > before;
-            if Some(peer) == owner && matches!(result, Err(StreamError::Refused(_))) {
-                owner_refused = Some(Instant::now());
-            }
             if Some(peer) == owner {
+                if matches!(result, Err(StreamError::Refused(_))) {
+                    owner_refusals += 1;
+                    owner_refused_until = Some(Instant::now() + owner_refused_wait(owner_refusals));
+                } else {
+                    owner_refusals = 0;
+                    owner_refused_until = None;
+                }
                 owner_unreachable = result.as_ref().is_err_and(StreamError::is_connection_loss)
                     && (!shared.is_connected(&peer)
                         || !std::mem::replace(&mut owner_retried, true));
@@ -450,10 +454,22 @@ pub async fn follow(
     }
 }
 
-/// After the owner refused a subscription, how long a fallback source is kept regardless.
-const OWNER_REFUSAL_MEMORY: Duration = Duration::from_secs(30);
 /// While following another subscriber, how often to look whether the owner is reachable.
 const OWNER_RECHECK: Duration = Duration::from_secs(2);
+/// The longest a fallback source is kept, without looking at the owner, after the owner
+/// refused a subscription.
+const OWNER_REFUSED_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// How long a fallback source is kept after the owner's `refusals`-th refusal in a row:
+/// `OWNER_RECHECK`, doubling with each further refusal up to `OWNER_REFUSED_WAIT_MAX`. A
+/// refusal may pass in a moment (an owner that restarted and has not got its catalog back
+/// yet), or last (an owner serving all the streams it will): the first is retried soon, the
+/// second does not make its subscribers flap.
+fn owner_refused_wait(refusals: u32) -> Duration {
+    OWNER_RECHECK
+        .saturating_mul(1 << refusals.saturating_sub(1).min(8))
+        .min(OWNER_REFUSED_WAIT_MAX)
+}
 
 /// Aborts a task when dropped: here, the reader of a stream we stopped following.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -494,7 +510,7 @@ async fn follow_from(
     shared: &Arc<Shared>,
     product: &ProductId,
     peer: PeerId,
-    recheck_owner: bool,
+    owner_refused_until: Option<Instant>,
 ) -> Result<(), StreamError> {
     let config = shared.protocol.clone();
     let mut control = shared.control.clone();
@@ -535,9 +551,10 @@ async fn follow_from(
     shared.hub.set_lag(product, source_head);
     let peer_name = short(&peer);
     // Following another subscriber is a fallback: when the owner is reachable again, go back
-    // to it. Otherwise subscribers that fell back to each other could keep following each
-    // other and never see the owner's new events.
-    let owner = owner_peer(product).filter(|o| *o != peer && recheck_owner);
+    // to it (not before `owner_refused_until`, after a refusal). Otherwise subscribers that
+    // fell back to each other could keep following each other and never see the owner's new
+    // events.
+    let owner = owner_peer(product).filter(|o| *o != peer);
     let mut peer_joined = shared.peer_joined.subscribe();
     let mut owner_check = tokio::time::interval(OWNER_RECHECK);
     owner_check.reset();
@@ -570,6 +587,9 @@ async fn follow_from(
             Next::Frame(Some(frame)) => frame,
             Next::Frame(None) => return Ok(()),
             Next::LookForOwner => {
+                if owner_refused_until.is_some_and(|until| Instant::now() < until) {
+                    continue;
+                }
                 if let Some(o) = owner {
                     if shared.connected_peers().contains(&o) {
                         return Err(StreamError::SwitchToOwner);
@@ -656,6 +676,13 @@ mod tests {
         assert!(read.ends_with(b"frame"), "{read:?}");
     }
 
+    #[test]
+    fn an_owner_that_keeps_refusing_is_asked_again_less_and_less_often() {
+        let waits: Vec<u64> = (1..=6).map(|n| owner_refused_wait(n).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30]);
+        assert_eq!(owner_refused_wait(u32::MAX), OWNER_REFUSED_WAIT_MAX);
+    }
+
     #[tokio::test]
     async fn a_peer_without_the_log_protocol_is_unsupported_not_gone() {
         let node = memory_node(Vec::new()).await;
@@ -678,7 +705,7 @@ mod tests {
 
         let owner = SecretKey::from_bytes(&[3; 32]);
         let product = ProductId::new(owner.public(), ProductName::new("orders").unwrap());
-        let error = follow_from(&node.shared, &product, bare_id, false)
+        let error = follow_from(&node.shared, &product, bare_id, None)
             .await
             .unwrap_err();
         assert!(matches!(error, StreamError::Unsupported(_)), "{error}");

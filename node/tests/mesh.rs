@@ -345,6 +345,79 @@ async fn a_broken_chain_is_rejected_as_a_gap() {
     liar.shutdown().await;
 }
 
+/// The subscription's current source, as `status` shows it.
+fn source_of(node: &mesh_node::NodeHandle, product: &ProductId) -> Option<String> {
+    node.status()
+        .unwrap()
+        .subscriptions
+        .into_iter()
+        .find(|s| s.product == *product)
+        .and_then(|s| s.source)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_the_owner_refused_goes_back_to_it_once_it_has_room() {
+    // An owner that serves one log stream at most.
+    let owner = start_with(
+        mesh_node::NodeConfig {
+            served_streams_max: 1,
+            ..config("sales", TCP, vec![])
+        },
+        TCP,
+        Arc::new(MemoryStore::new()),
+    )
+    .await;
+    let orders = publish(&owner, "orders").await;
+    upsert(&owner, &orders, "o-1", r#"{"n":1}"#).await;
+    let first = node("billing", TCP, vec![addr(&owner)]).await;
+    eventually("billing has the entry", || async {
+        has_entry(&first, &orders)
+    })
+    .await;
+    first.subscribe(&orders).await.unwrap();
+    eventually("billing follows the owner", || async {
+        first.head_seq(&orders) == 1
+    })
+    .await;
+
+    // The owner is busy: the second subscriber falls back to the first.
+    let second = node("analytics", TCP, vec![addr(&owner), addr(&first)]).await;
+    eventually("analytics has the entry", || async {
+        has_entry(&second, &orders)
+    })
+    .await;
+    second.subscribe(&orders).await.unwrap();
+    eventually("analytics follows billing", || async {
+        second.head_seq(&orders) == 1
+            && source_of(&second, &orders) == Some(first.peer_id().to_string())
+    })
+    .await;
+    let refused_busy = owner
+        .metrics()
+        .streams_refused
+        .get_or_create(&mesh_node::metrics::ReasonLabel {
+            reason: "busy".into(),
+        })
+        .get();
+    assert!(refused_busy >= 1, "{refused_busy}");
+
+    // Billing leaves the log, which frees the owner's stream; only the owner has what comes
+    // next, so the second subscriber gets it only by going back to the owner.
+    first.unsubscribe(&orders).await.unwrap();
+    upsert(&owner, &orders, "o-2", r#"{"n":2}"#).await;
+    eventually("analytics gets the owner's new event", || async {
+        second.head_seq(&orders) == 2
+    })
+    .await;
+    assert_eq!(
+        source_of(&second, &orders),
+        Some(owner.peer_id().to_string())
+    );
+    for n in [owner, first, second] {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_is_detected_kept_as_proof_and_passed_to_other_subscribers() {
     let key = mesh_protocol::SecretKey::from_bytes(&[42; 32]);
