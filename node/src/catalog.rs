@@ -4,14 +4,14 @@
 //! [`Catalog::accept_many`]: decode, verify, then the protocol's merge rule. The in-memory map
 //! and the anti-entropy summary are rebuilt from the store at start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use mesh_protocol::sync::{CatalogDigest, CatalogVersion, ProductDigest};
 use mesh_protocol::{
-    CatalogSummary, Config, EquivocationProof, Merge, ProductId, RejectReason, SignedCatalogEntry,
-    VerifiedCatalogEntry, merge,
+    CatalogSummary, Config, EquivocationProof, Merge, ProductId, PublicKey, RejectReason,
+    SignedCatalogEntry, VerifiedCatalogEntry, merge,
 };
 use tokio::sync::broadcast;
 
@@ -278,6 +278,11 @@ impl Catalog {
 
     pub fn entries(&self) -> Vec<VerifiedCatalogEntry> {
         self.inner().entries.values().cloned().collect()
+    }
+
+    /// The keys that own at least one product here, without copying the entries.
+    pub fn owners(&self) -> HashSet<PublicKey> {
+        self.inner().entries.keys().map(|p| *p.owner()).collect()
     }
 
     /// The entries of one owner's products, without copying the rest of the catalog.

@@ -224,9 +224,9 @@ impl Shared {
         }
         let owners: HashSet<PeerId> = self
             .catalog
-            .entries()
-            .iter()
-            .filter_map(|e| PeerId::from_bytes(&e.product().owner().to_peer_id_bytes()).ok())
+            .owners()
+            .into_iter()
+            .filter_map(|key| PeerId::from_bytes(&key.to_peer_id_bytes()).ok())
             .collect();
         // Others before owners, oldest first; down to three quarters of the bound whatever
         // the catalog holds, so the catalog is read once per quarter of the bound.
