@@ -27,7 +27,7 @@ struct Inner {
     entries: BTreeMap<ProductId, VerifiedCatalogEntry>,
     by_digest: HashMap<ProductDigest, ProductId>,
     /// Products per owner key, for the per-owner quota.
-    per_owner: HashMap<mesh_protocol::PublicKey, usize>,
+    per_owner: HashMap<PublicKey, usize>,
     equivocations: Vec<EquivocationProof>,
 }
 
@@ -286,7 +286,7 @@ impl Catalog {
     }
 
     /// The entries of one owner's products, without copying the rest of the catalog.
-    pub fn owned_by(&self, owner: &mesh_protocol::PublicKey) -> Vec<VerifiedCatalogEntry> {
+    pub fn owned_by(&self, owner: &PublicKey) -> Vec<VerifiedCatalogEntry> {
         self.inner()
             .entries
             .values()

@@ -133,6 +133,15 @@ async fn serve_one(shared: &Arc<Shared>, peer: PeerId, stream: Stream) -> Result
     }
 }
 
+/// How a subscriber's side of a served stream ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// A clean end: a half-close, or a reset (yamux reads both alike).
+    Clean,
+    /// An error: the stream or its connection is gone.
+    Gone,
+}
+
 async fn serve_stream(
     shared: &Arc<Shared>,
     peer: PeerId,
@@ -196,26 +205,36 @@ async fn serve_stream(
     }
     let mut next = backfill(shared, &product, request.from_seq, &mut writer).await?;
 
-    // The subscriber sends nothing after its request: a read that ends means it left.
-    // A clean end of its side (it may half-close after the request, as js-libp2p pipes do)
-    // still means it listens; an error (reset, connection gone) means it left.
-    let mut left = Box::pin(async move {
+    // The subscriber sends nothing after its request: a read that ends means it left, or
+    // that it closed only its writing side (js-libp2p pipes may, after the request) and still
+    // listens. yamux reads a stream the subscriber reset (dropped) as a clean end too, so an
+    // end is told apart by writing an empty frame, which fails on a reset stream: without
+    // that, a subscriber's slot stayed taken until the next event or heartbeat (10 s).
+    let mut ended = Box::pin(async move {
         let mut byte = [0u8; 1];
         loop {
             match reader.read(&mut byte).await {
-                Ok(0) => std::future::pending::<()>().await,
+                Ok(0) => return Ended::Clean,
                 Ok(_) => {} // nothing is expected after the request; ignore it
-                Err(_) => return,
+                Err(_) => return Ended::Gone,
             }
         }
     });
+    let mut reading = true;
     let shutdown = shared.shutdown.clone();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.reset();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            () = &mut left => return Ok(()),
+            end = &mut ended, if reading => {
+                if end == Ended::Gone || write_frame(&mut writer, &LogFrame::default()).await.is_err() {
+                    return Ok(());
+                }
+                // Half-closed: it listens still.
+                reading = false;
+                heartbeat.reset();
+            }
             _ = heartbeat.tick() => {
                 write_frame(&mut writer, &LogFrame::default()).await?;
             }
@@ -379,7 +398,7 @@ pub async fn follow(
     let _owner_kept = owner.map(|o| shared.log_stream_with(o));
     // The owner's refusals in a row, and until when a fallback source is not left for the owner
     // (it would likely refuse again, e.g. while busy).
-    let mut owner_refusals = 0;
+    let mut owner_refusals: u32 = 0;
     let mut owner_refused_until: Option<Instant> = None;
     // Whether this round already went back to the owner at once after losing its connection
     // (at most once between two waits: no loop without a wait).
@@ -413,7 +432,7 @@ pub async fn follow(
             progressed |= after > before;
             if Some(peer) == owner {
                 if matches!(result, Err(StreamError::Refused(_))) {
-                    owner_refusals += 1;
+                    owner_refusals = owner_refusals.saturating_add(1);
                     owner_refused_until = Some(Instant::now() + owner_refused_wait(owner_refusals));
                 } else {
                     owner_refusals = 0;
@@ -633,6 +652,7 @@ async fn follow_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NodeHandle;
     use crate::node::tests::{address, memory_node, until_connected};
     use mesh_protocol::{ProductName, SecretKey};
     use std::pin::Pin;
@@ -683,25 +703,35 @@ mod tests {
         assert_eq!(owner_refused_wait(u32::MAX), OWNER_REFUSED_WAIT_MAX);
     }
 
-    #[tokio::test]
-    async fn a_peer_without_the_log_protocol_is_unsupported_not_gone() {
-        let node = memory_node(Vec::new()).await;
+    /// A bare libp2p peer connected to `node`, with `behaviour`; its swarm runs until the
+    /// returned task is aborted.
+    async fn bare_peer<B>(node: &NodeHandle, behaviour: B) -> (PeerId, tokio::task::JoinHandle<()>)
+    where
+        B: libp2p::swarm::NetworkBehaviour + Send + 'static,
+    {
         let mut bare = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_other_transport(crate::node::memory_transport)
             .unwrap()
-            .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+            .with_behaviour(|_| behaviour)
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
         let bare_id = *bare.local_peer_id();
-        bare.dial(address(&node)).unwrap();
+        bare.dial(address(node)).unwrap();
         let driver = tokio::spawn(async move {
             loop {
                 futures::StreamExt::select_next_some(&mut bare).await;
             }
         });
-        until_connected(&node, bare_id, true).await;
+        until_connected(node, bare_id, true).await;
+        (bare_id, driver)
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_log_protocol_is_unsupported_not_gone() {
+        let node = memory_node(Vec::new()).await;
+        let (bare_id, driver) = bare_peer(&node, libp2p::swarm::dummy::Behaviour).await;
 
         let owner = SecretKey::from_bytes(&[3; 32]);
         let product = ProductId::new(owner.public(), ProductName::new("orders").unwrap());
@@ -713,5 +743,94 @@ mod tests {
         assert!(node.shared.is_connected(&bare_id), "the connection stays");
         driver.abort();
         node.shutdown().await;
+    }
+
+    /// `owner` with one published product, and a bare peer subscribed to it by hand: the
+    /// stream, accepted.
+    async fn subscribed_by_hand(
+        owner: &NodeHandle,
+    ) -> (ProductId, Stream, tokio::task::JoinHandle<()>) {
+        let descriptor = "name: orders\ndomain: test\nowner: test-team@example.com\n\
+                          description: Orders.\ntags: [test]\nversion: 1.0.0\n\
+                          schema:\n  fields:\n    - name: id\n      type: string\n";
+        let product = owner
+            .publish_yaml(descriptor)
+            .await
+            .expect("publish")
+            .product()
+            .clone();
+        let streams = libp2p_stream::Behaviour::new();
+        let mut control = streams.new_control();
+        let (_, driver) = bare_peer(owner, streams).await;
+        let mut stream = control
+            .open_stream(owner.peer_id(), LOG_PROTOCOL)
+            .await
+            .unwrap();
+        let request = SubscribeRequest {
+            product: product.clone(),
+            from_seq: 1,
+        };
+        codec::send_frame(&mut stream, &request.encode())
+            .await
+            .unwrap();
+        let config = mesh_protocol::Config::default();
+        let response = codec::read_frame(&mut stream, config.frame_bytes_max, HANDSHAKE_TIMEOUT)
+            .await
+            .unwrap()
+            .unwrap();
+        let response = SubscribeResponse::decode(response, &config).unwrap();
+        assert!(response.refusal.is_none(), "{:?}", response.refusal);
+        assert_eq!(owner.shared.served.load(Ordering::Relaxed), 1);
+        (product, stream, driver)
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_drops_its_stream_frees_its_slot_before_any_write() {
+        let owner = memory_node(Vec::new()).await;
+        let (_, stream, driver) = subscribed_by_hand(&owner).await;
+
+        // Dropping resets the stream, which yamux reads as a clean end: only a write tells.
+        drop(stream);
+        tokio::time::timeout(HEARTBEAT / 2, async {
+            while owner.shared.served.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the slot is freed without waiting for the next heartbeat");
+        driver.abort();
+        owner.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_closes_its_writing_side_is_still_served() {
+        let owner = memory_node(Vec::new()).await;
+        let (product, mut stream, driver) = subscribed_by_hand(&owner).await;
+
+        // As js-libp2p pipes may do after the request.
+        stream.close().await.unwrap();
+        owner
+            .append(
+                &product,
+                Bytes::from_static(b"k1"),
+                mesh_protocol::Operation::Upsert,
+                Bytes::from_static(b"{}"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        let config = mesh_protocol::Config::default();
+        loop {
+            let frame = codec::read_frame(&mut stream, config.frame_bytes_max, HEARTBEAT)
+                .await
+                .unwrap()
+                .expect("the owner keeps the stream open");
+            if !LogFrame::decode(frame, &config).unwrap().events.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(owner.shared.served.load(Ordering::Relaxed), 1);
+        driver.abort();
+        owner.shutdown().await;
     }
 }
