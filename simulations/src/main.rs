@@ -54,6 +54,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Rewrite DIR/report.md from DIR/report.json, as this version of meshsim writes it
+    /// (the plots need the run's samples and are left as they are).
+    Render { dir: PathBuf },
     /// Print a scenario's seeded plan (topology and schedule) without running it.
     Plan {
         scenario: PathBuf,
@@ -183,6 +186,13 @@ fn execute(command: Command) -> anyhow::Result<bool> {
                     Ok(false)
                 }
             }
+        }
+        Command::Render { dir } => {
+            let report = mesh_sim::report::Report::read(&dir.join("report.json"))?;
+            let out = dir.join("report.md");
+            std::fs::write(&out, report.markdown())?;
+            println!("report: {}", out.display());
+            Ok(true)
         }
         Command::Plan { scenario, seed } => {
             let s = Scenario::load(&scenario)?;

@@ -270,6 +270,14 @@ impl Report {
         });
     }
 
+    /// Reads a report a run wrote (`report.json`).
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let json = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&json)
+            .map_err(|e| anyhow::anyhow!("{} is not a meshsim report: {e}", path.display()))
+    }
+
     pub fn write(&self, dir: &Path, samples: &Samples) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
@@ -482,7 +490,7 @@ impl Report {
         let _ = writeln!(m, "## Bandwidth\n");
         let _ = writeln!(
             m,
-            "{:.1} MiB on the wire in total. Per node, bytes sent per second of the workload: {}.\n",
+            "{:.1} MiB on the wire in total. Per node, bytes sent per second of the workload (p50 / p90 / p99 / max over nodes): {}.\n",
             b.wire_sent_bytes as f64 / 1048576.0,
             p(&b.per_node_sent_bytes_per_s)
         );
@@ -508,7 +516,7 @@ impl Report {
         if !self.faults.is_empty() {
             let _ = writeln!(
                 m,
-                "## Faults\n\n| fault | at | what | converged after |\n| --- | --- | --- | --- |"
+                "## Faults\n\n| fault | at | what | catalog caught up after | logs caught up after |\n| --- | --- | --- | --- | --- |"
             );
             for fr in &self.faults {
                 let _ = writeln!(
@@ -528,5 +536,46 @@ impl Report {
             "Plots: `catalog_cdf.svg`, `latency_cdf.svg`, `bandwidth.svg`."
         );
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cells of each row of the Markdown table that starts with `header`.
+    fn table_widths(markdown: &str, header: &str) -> Vec<usize> {
+        markdown
+            .lines()
+            .skip_while(|l| !l.starts_with(header))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.matches('|').count() - 1)
+            .collect()
+    }
+
+    #[test]
+    fn every_fault_row_has_a_cell_under_each_heading() {
+        let mut report = Report::default();
+        for (kind, catalog, logs) in [
+            ("partition", None, None),
+            ("heal", Some(0.4), Some(3.2)),
+            ("fork", None, Some(2.0)),
+        ] {
+            report.faults.push(FaultReport {
+                kind: kind.into(),
+                at_s: 2.0,
+                detail: "what happened".into(),
+                catalog_converged_after_s: catalog,
+                converged_after_s: logs,
+            });
+        }
+        let markdown = report.markdown();
+        let widths = table_widths(&markdown, "| fault |");
+        assert_eq!(widths.len(), 5, "{markdown}");
+        assert!(
+            widths.iter().all(|w| *w == widths[0]),
+            "{widths:?}\n{markdown}"
+        );
+        assert!(markdown.contains("| heal | 2.00 s | what happened | 0.40 s | 3.20 s |"));
     }
 }
