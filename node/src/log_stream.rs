@@ -653,7 +653,7 @@ async fn follow_from(
 mod tests {
     use super::*;
     use crate::NodeHandle;
-    use crate::node::tests::{address, memory_node, until_connected};
+    use crate::node::tests::{address, memory_node, publish_orders, until_connected};
     use mesh_protocol::{ProductName, SecretKey};
     use std::pin::Pin;
     use std::task::{Context, Poll};
@@ -750,15 +750,7 @@ mod tests {
     async fn subscribed_by_hand(
         owner: &NodeHandle,
     ) -> (ProductId, Stream, tokio::task::JoinHandle<()>) {
-        let descriptor = "name: orders\ndomain: test\nowner: test-team@example.com\n\
-                          description: Orders.\ntags: [test]\nversion: 1.0.0\n\
-                          schema:\n  fields:\n    - name: id\n      type: string\n";
-        let product = owner
-            .publish_yaml(descriptor)
-            .await
-            .expect("publish")
-            .product()
-            .clone();
+        let product = publish_orders(owner).await;
         let streams = libp2p_stream::Behaviour::new();
         let mut control = streams.new_control();
         let (_, driver) = bare_peer(owner, streams).await;

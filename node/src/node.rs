@@ -1227,6 +1227,18 @@ pub(crate) mod tests {
         .expect("node starts")
     }
 
+    /// Publishes a product named `orders` at `node`, which owns it.
+    pub(crate) async fn publish_orders(node: &NodeHandle) -> ProductId {
+        let descriptor = "name: orders\ndomain: test\nowner: test-team@example.com\n\
+                          description: Orders.\ntags: [test]\nversion: 1.0.0\n\
+                          schema:\n  fields:\n    - name: id\n      type: string\n";
+        node.publish_yaml(descriptor)
+            .await
+            .expect("publish")
+            .product()
+            .clone()
+    }
+
     /// `node`'s address, to dial it with.
     pub(crate) fn address(node: &NodeHandle) -> Multiaddr {
         node.listen_addrs()[0]
@@ -1292,15 +1304,7 @@ pub(crate) mod tests {
         let owner = memory_node(Vec::new()).await;
         let subscriber = memory_node(vec![address(&owner)]).await;
         let owner_id = owner.peer_id();
-        let descriptor = "name: orders\ndomain: test\nowner: test-team@example.com\n\
-                          description: Orders.\ntags: [test]\nversion: 1.0.0\n\
-                          schema:\n  fields:\n    - name: id\n      type: string\n";
-        let product = owner
-            .publish_yaml(descriptor)
-            .await
-            .expect("publish")
-            .product()
-            .clone();
+        let product = publish_orders(&owner).await;
         let append = |n: u64| {
             owner.append(
                 &product,
