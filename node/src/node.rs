@@ -110,6 +110,8 @@ pub struct Shared {
     sources: Mutex<HashMap<ProductId, (PeerId, u64)>>,
     following: Mutex<HashMap<ProductId, CancellationToken>>,
     publishing: tokio::sync::Mutex<()>,
+    /// Counts changes to what the own products consume, for [`announce_consumption`].
+    consumption: tokio::sync::watch::Sender<u64>,
     /// Upstream products each own product's events cited since start (observed lineage).
     cited: Mutex<HashMap<ProductName, BTreeSet<ProductId>>>,
     /// When peers that left were last connected: pruned past [`LAST_SEEN_MAX`] entries.
@@ -305,6 +307,110 @@ impl Shared {
         );
     }
 
+    /// Signs, stores and gossips the next revision of one of this node's products.
+    pub(crate) async fn publish_entry(
+        &self,
+        product: ProductId,
+        descriptor: Descriptor,
+        consumes: Vec<ProductId>,
+    ) -> Result<VerifiedCatalogEntry, NodeError> {
+        let revision = self.catalog.get(&product).map_or(0, |e| e.revision()) + 1;
+        let entry = CatalogEntry {
+            product,
+            revision,
+            timestamp_micros: now_micros(),
+            descriptor,
+            consumes,
+        }
+        .sign(&self.key, &self.protocol)
+        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let catalog = self.catalog.clone();
+        let stored = entry.clone();
+        crate::node::spawn_blocking(move || catalog.accept_own(&stored))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))??;
+        self.commands
+            .send(Command::Gossip {
+                entry: entry.encoded().clone(),
+            })
+            .await
+            .map_err(|_| NodeError::Internal("node is shutting down".into()))?;
+        tracing::info!(product = %entry.product().short(), revision, "published");
+        Ok(entry)
+    }
+
+    /// What the own product `descriptor` describes consumes, as its catalog entry announces it
+    /// (observed lineage): each subscription the product declares as an input or whose
+    /// events its events cited; and every subscription that no own product declares or cites,
+    /// since then which product it feeds is unknown and impact analysis must not miss it.
+    pub(crate) fn consumes(&self, descriptor: &Descriptor) -> Result<Vec<ProductId>, NodeError> {
+        let subscriptions = self.store.subscriptions()?;
+        let own = self.own_entries();
+        let cited = lock(&self.cited);
+        let claims = |name: &ProductName, inputs: &[ProductId], p: &ProductId| {
+            inputs.contains(p) || cited.get(name).is_some_and(|c| c.contains(p))
+        };
+        let mut consumes: Vec<ProductId> = subscriptions
+            .into_iter()
+            .filter(|p| {
+                claims(&descriptor.name, &descriptor.inputs, p)
+                    || !own.iter().any(|e| {
+                        let d = &e.entry().descriptor;
+                        d.name != descriptor.name && claims(&d.name, &d.inputs, p)
+                    })
+            })
+            .collect();
+        consumes.sort();
+        consumes.dedup();
+        let max = self.protocol.consumes_max;
+        if consumes.len() > max {
+            tracing::warn!(
+                product = %descriptor.name,
+                subscriptions = consumes.len(),
+                "more subscriptions than one entry announces ({max}); the rest go unannounced"
+            );
+            consumes.truncate(max);
+        }
+        Ok(consumes)
+    }
+
+    /// The current catalog entries of this node's own products.
+    fn own_entries(&self) -> Vec<VerifiedCatalogEntry> {
+        self.catalog.owned_by(&self.public_key)
+    }
+
+    /// Re-announces what each own product consumes where it changed. The
+    /// [`announce_consumption`] task calls it a moment after each change, and shutdown once
+    /// more, so that nothing announced late is lost.
+    ///
+    /// Never fails the operation that triggered it, which has already taken effect: a product
+    /// whose new entry cannot be made (e.g. its descriptor plus the list is over the entry size
+    /// limit) keeps its previous announcement, and the problem is logged.
+    pub(crate) async fn refresh_consumption(&self) {
+        let _one_at_a_time = self.publishing.lock().await;
+        for entry in self.own_entries() {
+            let product = entry.product().clone();
+            let result = match self.consumes(&entry.entry().descriptor) {
+                Ok(consumes) if consumes == entry.entry().consumes => Ok(()),
+                Ok(consumes) => self
+                    .publish_entry(product.clone(), entry.entry().descriptor.clone(), consumes)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(product = %product.short(), "cannot announce what it consumes: {e}");
+            }
+        }
+    }
+
+    /// Records that what the own products consume may have changed (a subscription, an
+    /// unsubscription, an event citing a product not cited before): [`announce_consumption`]
+    /// signs the new entries once the changes made together are in.
+    pub(crate) fn consumption_changed(&self) {
+        self.consumption.send_modify(|n| *n += 1);
+    }
+
     pub(crate) fn set_source(&self, product: &ProductId, peer: PeerId, source_head: u64) {
         lock(&self.sources).insert(product.clone(), (peer, source_head));
     }
@@ -471,6 +577,7 @@ async fn start_on(
         log_streams: Mutex::new(HashMap::new()),
         following: Mutex::new(HashMap::new()),
         publishing: tokio::sync::Mutex::new(()),
+        consumption: tokio::sync::watch::Sender::new(0),
         cited: Mutex::new(HashMap::new()),
         last_seen: Mutex::new(HashMap::new()),
     });
@@ -488,6 +595,7 @@ async fn start_on(
     tasks.spawn(
         crate::discovery::follow_catalog(shared.clone(), catalog_changes).instrument(span.clone()),
     );
+    tasks.spawn(announce_consumption(shared.clone()).instrument(span.clone()));
     let handle = NodeHandle {
         shared,
         tasks: Arc::new(Mutex::new(tasks)),
@@ -515,6 +623,41 @@ async fn start_on(
     }
     tracing::info!(peer_id = %peer_id, domain = %config.domain, "node started");
     Ok(handle)
+}
+
+/// How long [`announce_consumption`] waits for the next of several changes made together.
+const CONSUMPTION_QUIET: Duration = Duration::from_millis(100);
+/// The longest a change waits to be announced while changes keep coming.
+const CONSUMPTION_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// Announces what the own products consume (PROTOCOL.md §5) a moment after it changes, once
+/// for changes made together: a node that subscribes to ten products in a row signs one new
+/// revision of each own product, not ten, and every node in the mesh checks, stores and
+/// indexes one. A change waits [`CONSUMPTION_QUIET`] for the next, and
+/// [`CONSUMPTION_WAIT_MAX`] at most.
+async fn announce_consumption(shared: Arc<Shared>) {
+    let mut changes = shared.consumption.subscribe();
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let deadline = tokio::time::Instant::now() + CONSUMPTION_WAIT_MAX;
+        loop {
+            changes.mark_unchanged();
+            let quiet = (tokio::time::Instant::now() + CONSUMPTION_QUIET).min(deadline);
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(quiet) => break,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        changes.mark_unchanged();
+        shared.refresh_consumption().await;
+    }
 }
 
 /// The node's identity: stored, or new and then stored.
@@ -725,107 +868,10 @@ impl NodeHandle {
     pub async fn publish(&self, descriptor: Descriptor) -> Result<VerifiedCatalogEntry, NodeError> {
         let _one_at_a_time = self.shared.publishing.lock().await;
         let product = self.product_id(&descriptor.name);
-        let consumes = self.consumes(&descriptor)?;
-        self.publish_entry(product, descriptor, consumes).await
-    }
-
-    /// Signs, stores and gossips the next revision of one of this node's products.
-    async fn publish_entry(
-        &self,
-        product: ProductId,
-        descriptor: Descriptor,
-        consumes: Vec<ProductId>,
-    ) -> Result<VerifiedCatalogEntry, NodeError> {
-        let revision = self
-            .shared
-            .catalog
-            .get(&product)
-            .map_or(0, |e| e.revision())
-            + 1;
-        let entry = CatalogEntry {
-            product,
-            revision,
-            timestamp_micros: now_micros(),
-            descriptor,
-            consumes,
-        }
-        .sign(&self.shared.key, &self.shared.protocol)
-        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        let catalog = self.shared.catalog.clone();
-        let stored = entry.clone();
-        crate::node::spawn_blocking(move || catalog.accept_own(&stored))
+        let consumes = self.shared.consumes(&descriptor)?;
+        self.shared
+            .publish_entry(product, descriptor, consumes)
             .await
-            .map_err(|e| NodeError::Internal(e.to_string()))??;
-        self.command(Command::Gossip {
-            entry: entry.encoded().clone(),
-        })
-        .await?;
-        tracing::info!(product = %entry.product().short(), revision, "published");
-        Ok(entry)
-    }
-
-    /// What the own product `descriptor` describes consumes, as its catalog entry announces it
-    /// (observed lineage): each subscription the product declares as an input or whose
-    /// events its events cited; and every subscription that no own product declares or cites,
-    /// since then which product it feeds is unknown and impact analysis must not miss it.
-    fn consumes(&self, descriptor: &Descriptor) -> Result<Vec<ProductId>, NodeError> {
-        let subscriptions = self.subscriptions()?;
-        let own = self.own_entries();
-        let cited = lock(&self.shared.cited);
-        let claims = |name: &ProductName, inputs: &[ProductId], p: &ProductId| {
-            inputs.contains(p) || cited.get(name).is_some_and(|c| c.contains(p))
-        };
-        let mut consumes: Vec<ProductId> = subscriptions
-            .into_iter()
-            .filter(|p| {
-                claims(&descriptor.name, &descriptor.inputs, p)
-                    || !own.iter().any(|e| {
-                        let d = &e.entry().descriptor;
-                        d.name != descriptor.name && claims(&d.name, &d.inputs, p)
-                    })
-            })
-            .collect();
-        consumes.sort();
-        consumes.dedup();
-        let max = self.shared.protocol.consumes_max;
-        if consumes.len() > max {
-            tracing::warn!(
-                product = %descriptor.name,
-                subscriptions = consumes.len(),
-                "more subscriptions than one entry announces ({max}); the rest go unannounced"
-            );
-            consumes.truncate(max);
-        }
-        Ok(consumes)
-    }
-
-    /// The current catalog entries of this node's own products.
-    fn own_entries(&self) -> Vec<VerifiedCatalogEntry> {
-        self.shared.catalog.owned_by(&self.shared.public_key)
-    }
-
-    /// Re-announces what each own product consumes where it changed (after a subscription,
-    /// an unsubscription, or an event citing a product not cited before).
-    ///
-    /// Never fails the operation that triggered it, which has already taken effect: a product
-    /// whose new entry cannot be made (e.g. its descriptor plus the list is over the entry size
-    /// limit) keeps its previous announcement, and the problem is logged.
-    async fn refresh_consumption(&self) {
-        let _one_at_a_time = self.shared.publishing.lock().await;
-        for entry in self.own_entries() {
-            let product = entry.product().clone();
-            let result = match self.consumes(&entry.entry().descriptor) {
-                Ok(consumes) if consumes == entry.entry().consumes => Ok(()),
-                Ok(consumes) => self
-                    .publish_entry(product.clone(), entry.entry().descriptor.clone(), consumes)
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::warn!(product = %product.short(), "cannot announce what it consumes: {e}");
-            }
-        }
     }
 
     /// Traces the latest event of `key` in `product` back through the events it cites.
@@ -911,12 +957,13 @@ impl NodeHandle {
             .append(product.clone(), op, key, payload, causes)
             .await?;
         if newly_cited {
-            self.refresh_consumption().await;
+            self.shared.consumption_changed();
         }
         Ok(receipt)
     }
 
-    /// Follows a product's log from now on, and after restarts.
+    /// Follows a product's log from now on, and after restarts. The node's own products
+    /// announce the subscription a moment later (see [`announce_consumption`]).
     pub async fn subscribe(&self, product: &ProductId) -> Result<(), NodeError> {
         if product.owner() == &self.shared.public_key {
             return Err(NodeError::BadRequest(format!(
@@ -929,7 +976,7 @@ impl NodeHandle {
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))??;
         self.follow(product.clone());
-        self.refresh_consumption().await;
+        self.shared.consumption_changed();
         Ok(())
     }
 
@@ -939,7 +986,7 @@ impl NodeHandle {
             cancel.cancel();
         }
         self.shared.store.subscription_remove(product)?;
-        self.refresh_consumption().await;
+        self.shared.consumption_changed();
         Ok(())
     }
 
@@ -1141,6 +1188,8 @@ impl NodeHandle {
     /// holds the node's state. A node can be started again on the same store afterwards.
     pub async fn shutdown(self) {
         let shared = self.shared.clone();
+        // A change still waiting to be announced goes out while the network runs.
+        shared.refresh_consumption().await;
         shared.shutdown.cancel();
         let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         drop(self);
@@ -1345,6 +1394,44 @@ pub(crate) mod tests {
         );
         subscriber.shutdown().await;
         owner.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn subscriptions_made_together_are_announced_in_one_revision() {
+        let node = memory_node(Vec::new()).await;
+        let own = publish_orders(&node).await;
+        let mut changes = node.shared.catalog.subscribe();
+        let mut upstream: Vec<ProductId> = (1..=3u8)
+            .map(|i| {
+                let owner = SecretKey::from_bytes(&[i; 32]).public();
+                ProductId::new(owner, ProductName::new("upstream").unwrap())
+            })
+            .collect();
+        for product in &upstream {
+            node.subscribe(product).await.expect("subscribe");
+        }
+        let announced = tokio::time::timeout(WAIT, changes.recv())
+            .await
+            .expect("the subscriptions are announced")
+            .expect("the catalog's change feed runs");
+        upstream.sort();
+        assert_eq!(announced.product(), &own);
+        assert_eq!(
+            announced.revision(),
+            2,
+            "one revision for three subscriptions"
+        );
+        assert_eq!(announced.entry().consumes, upstream);
+        tokio::time::sleep(CONSUMPTION_WAIT_MAX).await;
+        assert!(changes.is_empty(), "nothing more to announce");
+
+        // A change still waiting when the node stops is announced before it stops.
+        node.unsubscribe(&upstream[0]).await.expect("unsubscribe");
+        node.shutdown().await;
+        let announced = changes.try_recv().expect("announced at shutdown");
+        assert_eq!(announced.revision(), 3);
+        assert_eq!(announced.entry().consumes, upstream[1..]);
+        assert!(changes.is_empty(), "one revision for one change");
     }
 
     #[tokio::test]
