@@ -963,7 +963,7 @@ impl NodeHandle {
     }
 
     /// Follows a product's log from now on, and after restarts. The node's own products
-    /// announce the subscription a moment later (see [`announce_consumption`]).
+    /// announce the subscription a moment later, with any others made together.
     pub async fn subscribe(&self, product: &ProductId) -> Result<(), NodeError> {
         if product.owner() == &self.shared.public_key {
             return Err(NodeError::BadRequest(format!(
