@@ -38,6 +38,10 @@ enum Command {
         /// Override the scenario's node count.
         #[arg(long)]
         nodes: Option<usize>,
+        /// Override the scenario's catalog update rate (updates per second, all nodes
+        /// together), e.g. to find the rate a machine carries.
+        #[arg(long, value_name = "PER_S")]
+        catalog_rate: Option<f64>,
         /// No progress bar; log the phases instead (as when stderr is not a terminal).
         #[arg(long)]
         quiet: bool,
@@ -112,6 +116,7 @@ fn execute(command: Command) -> anyhow::Result<bool> {
             out,
             stack,
             nodes,
+            catalog_rate,
             quiet,
         } => {
             let mut s = Scenario::load(&scenario)?;
@@ -124,8 +129,23 @@ fn execute(command: Command) -> anyhow::Result<bool> {
                         .retain(|f| matches!(f, mesh_sim::scenario::Fault::Link { .. }));
                 }
             }
+            // The report repeats the scenario's description: say what the run changed.
+            let mut changed = Vec::new();
             if let Some(n) = nodes {
                 s.nodes = n;
+                changed.push(format!("--nodes {n}"));
+            }
+            if let Some(rate) = catalog_rate {
+                s.workload.catalog_update_rate = rate;
+                changed.push(format!("--catalog-rate {rate}"));
+            }
+            if !changed.is_empty() {
+                let changed = changed.join(" ");
+                s.check()
+                    .map_err(|e| anyhow::anyhow!("{} with {changed}: {e}", scenario.display()))?;
+                s.description = format!("{} Run with {changed}.", s.description)
+                    .trim_start()
+                    .to_string();
             }
             let seed = seed.unwrap_or(s.seed);
             let out = out.unwrap_or_else(|| {

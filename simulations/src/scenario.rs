@@ -336,8 +336,9 @@ impl Scenario {
         if w.products_per_node == 0 {
             return Err("workload.products_per_node: at least 1".into());
         }
-        if !(w.event_rate >= 0.0 && w.catalog_update_rate >= 0.0) {
-            return Err("workload rates must be >= 0".into());
+        let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+        if !(rate_ok(w.event_rate) && rate_ok(w.catalog_update_rate)) {
+            return Err("workload rates must be finite and >= 0".into());
         }
         if !(0.0..1.0).contains(&self.link.loss) {
             return Err("link.loss: a probability below 1".into());
@@ -386,6 +387,18 @@ mod tests {
             toml::from_str::<Scenario>("name = \"x\"\nnodes = 5\nduration = \"2s\"\nnodez = 1")
                 .unwrap_err();
         assert!(err.to_string().contains("nodez"), "{err}");
+    }
+
+    #[test]
+    fn a_rate_must_be_a_finite_number_of_at_least_zero() {
+        let mut s: Scenario = toml::from_str("name = \"x\"\nnodes = 5\nduration = \"2s\"").unwrap();
+        for rate in [f64::INFINITY, f64::NAN, -1.0] {
+            s.workload.catalog_update_rate = rate;
+            let err = s.check().unwrap_err();
+            assert!(err.contains("finite and >= 0"), "{rate}: {err}");
+        }
+        s.workload.catalog_update_rate = 0.0;
+        s.check().unwrap();
     }
 
     #[test]
