@@ -2,8 +2,9 @@
 //!
 //! [`start`] builds the swarm on the chosen transport (TCP, or libp2p's in-memory transport for
 //! tests and simulations) over the chosen store, spawns the event loop, the stream servers and
-//! the group-commit thread, resumes stored subscriptions, and returns a [`NodeHandle`]. The
-//! binary, the demo, the tests and the simulator all start nodes this way.
+//! the group-commit thread and the task that announces what own products consume, resumes
+//! stored subscriptions, and returns a [`NodeHandle`]. The binary, the demo, the tests and the
+//! simulator all start nodes this way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
@@ -112,6 +113,8 @@ pub struct Shared {
     publishing: tokio::sync::Mutex<()>,
     /// Counts changes to what the own products consume, for [`announce_consumption`].
     consumption: tokio::sync::watch::Sender<u64>,
+    /// The count of changes the last announcement took in.
+    consumption_announced: std::sync::atomic::AtomicU64,
     /// Upstream products each own product's events cited since start (observed lineage).
     cited: Mutex<HashMap<ProductName, BTreeSet<ProductId>>>,
     /// When peers that left were last connected: pruned past [`LAST_SEEN_MAX`] entries.
@@ -380,8 +383,8 @@ impl Shared {
     }
 
     /// Re-announces what each own product consumes where it changed. The
-    /// [`announce_consumption`] task calls it a moment after each change, and shutdown once
-    /// more, so that nothing announced late is lost.
+    /// [`announce_consumption`] task calls it a moment after each change, and shutdown for a
+    /// change still waiting.
     ///
     /// Never fails the operation that triggered it, which has already taken effect: a product
     /// whose new entry cannot be made (e.g. its descriptor plus the list is over the entry size
@@ -578,6 +581,7 @@ async fn start_on(
         following: Mutex::new(HashMap::new()),
         publishing: tokio::sync::Mutex::new(()),
         consumption: tokio::sync::watch::Sender::new(0),
+        consumption_announced: std::sync::atomic::AtomicU64::new(0),
         cited: Mutex::new(HashMap::new()),
         last_seen: Mutex::new(HashMap::new()),
     });
@@ -595,7 +599,9 @@ async fn start_on(
     tasks.spawn(
         crate::discovery::follow_catalog(shared.clone(), catalog_changes).instrument(span.clone()),
     );
-    tasks.spawn(announce_consumption(shared.clone()).instrument(span.clone()));
+    // Subscribed here, not in the task: a change made before the task first runs counts.
+    let consumption_changes = shared.consumption.subscribe();
+    tasks.spawn(announce_consumption(shared.clone(), consumption_changes).instrument(span.clone()));
     let handle = NodeHandle {
         shared,
         tasks: Arc::new(Mutex::new(tasks)),
@@ -621,6 +627,9 @@ async fn start_on(
     for product in handle.shared.store.subscriptions()? {
         handle.follow(product);
     }
+    if consumption_unannounced(&handle.shared)? {
+        handle.shared.consumption_changed();
+    }
     tracing::info!(peer_id = %peer_id, domain = %config.domain, "node started");
     Ok(handle)
 }
@@ -635,8 +644,7 @@ const CONSUMPTION_WAIT_MAX: Duration = Duration::from_secs(1);
 /// revision of each own product, not ten, and every node in the mesh checks, stores and
 /// indexes one. A change waits [`CONSUMPTION_QUIET`] for the next, and
 /// [`CONSUMPTION_WAIT_MAX`] at most.
-async fn announce_consumption(shared: Arc<Shared>) {
-    let mut changes = shared.consumption.subscribe();
+async fn announce_consumption(shared: Arc<Shared>, mut changes: tokio::sync::watch::Receiver<u64>) {
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -655,9 +663,29 @@ async fn announce_consumption(shared: Arc<Shared>) {
                 break;
             }
         }
-        changes.mark_unchanged();
+        let taken_in = *changes.borrow_and_update();
         shared.refresh_consumption().await;
+        shared
+            .consumption_announced
+            .store(taken_in, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Whether a stored subscription is missing from every own product's entry: the process
+/// stopped (a crash, `kill -9`) between subscribing and announcing it. (An entry may also list
+/// products no longer subscribed, after a stop between unsubscribing and announcing: that
+/// claims too much lineage rather than too little, and is mended by the next change.)
+fn consumption_unannounced(shared: &Shared) -> Result<bool, NodeError> {
+    let own = shared.own_entries();
+    if own.is_empty() {
+        return Ok(false);
+    }
+    let listed: HashSet<&ProductId> = own.iter().flat_map(|e| &e.entry().consumes).collect();
+    Ok(shared
+        .store
+        .subscriptions()?
+        .iter()
+        .any(|p| !listed.contains(p)))
 }
 
 /// The node's identity: stored, or new and then stored.
@@ -1188,12 +1216,20 @@ impl NodeHandle {
     /// holds the node's state. A node can be started again on the same store afterwards.
     pub async fn shutdown(self) {
         let shared = self.shared.clone();
-        // A change still waiting to be announced goes out while the network runs.
-        shared.refresh_consumption().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // A change still waiting to be announced is signed and stored now, and handed to the
+        // network, which may or may not send it before it stops: peers that miss it get it by
+        // anti-entropy when the node runs again.
+        let changes = *shared.consumption.borrow();
+        let announced = shared
+            .consumption_announced
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if changes != announced {
+            let _ = tokio::time::timeout_at(deadline.into(), shared.refresh_consumption()).await;
+        }
         shared.shutdown.cancel();
         let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         drop(self);
-        let deadline = Instant::now() + Duration::from_secs(5);
         if tokio::time::timeout_at(deadline.into(), async {
             while tasks.join_next().await.is_some() {}
         })
@@ -1396,7 +1432,9 @@ pub(crate) mod tests {
         owner.shutdown().await;
     }
 
-    #[tokio::test]
+    /// On a paused clock, so that a loaded machine cannot spread the three subscriptions over
+    /// more than `CONSUMPTION_QUIET` (time stands still while blocking work runs).
+    #[tokio::test(start_paused = true)]
     async fn subscriptions_made_together_are_announced_in_one_revision() {
         let node = memory_node(Vec::new()).await;
         let own = publish_orders(&node).await;
@@ -1432,6 +1470,52 @@ pub(crate) mod tests {
         assert_eq!(announced.revision(), 3);
         assert_eq!(announced.entry().consumes, upstream[1..]);
         assert!(changes.is_empty(), "one revision for one change");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_stored_but_never_announced_is_found_and_only_a_change_is_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let on_disk = || async {
+            start(NodeOptions {
+                config: NodeConfig {
+                    domain: "test".into(),
+                    listen: vec!["/memory/0".parse().unwrap()],
+                    ..NodeConfig::default()
+                },
+                protocol: mesh_protocol::Config::default(),
+                transport: TransportKind::Memory,
+                store: Arc::new(crate::store::SledStore::open(dir.path()).unwrap()),
+                key: None,
+            })
+            .await
+            .expect("starts on its store")
+        };
+        let node = on_disk().await;
+        publish_orders(&node).await;
+        let changes = node.shared.catalog.subscribe();
+        assert!(!consumption_unannounced(&node.shared).unwrap());
+
+        // As if the process had stopped between storing a subscription and announcing it.
+        let upstream = ProductId::new(
+            SecretKey::from_bytes(&[1; 32]).public(),
+            ProductName::new("upstream").unwrap(),
+        );
+        node.shared.store.subscription_put(&upstream).unwrap();
+        assert!(consumption_unannounced(&node.shared).unwrap());
+        // Shutdown signs only a change made in this run and still waiting: this one was not.
+        node.shutdown().await;
+        assert!(changes.is_empty(), "nothing signed at shutdown");
+
+        // A start finds it and announces it (after `CONSUMPTION_QUIET`: time to listen).
+        let node = on_disk().await;
+        let mut changes = node.shared.catalog.subscribe();
+        let announced = tokio::time::timeout(WAIT, changes.recv())
+            .await
+            .expect("announced after the start")
+            .expect("the catalog's change feed runs");
+        assert_eq!(announced.entry().consumes, vec![upstream]);
+        assert!(!consumption_unannounced(&node.shared).unwrap());
+        node.shutdown().await;
     }
 
     #[tokio::test]
