@@ -396,8 +396,8 @@ pub async fn follow(
     // no stream runs on it yet: a lookup's connection to it must not be closed as unneeded
     // before this loop gets to use it.
     let _owner_kept = owner.map(|o| shared.log_stream_with(o));
-    // The owner's refusals in a row, and until when a fallback source is not left for the owner
-    // (it would likely refuse again, e.g. while busy).
+    // The times in a row the owner turned us away (see `owner_turned_away`), and until when a
+    // fallback source is not left for the owner (it would likely do so again, e.g. while busy).
     let mut owner_refusals: u32 = 0;
     let mut owner_refused_until: Option<Instant> = None;
     // Whether this round already went back to the owner at once after losing its connection
@@ -424,6 +424,7 @@ pub async fn follow(
                 continue 'rounds;
             }
             let before = shared.hub.head(&product).map_or(0, |h| h.seq());
+            let asked = Instant::now();
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
                 r = follow_from(&shared, &product, peer, owner_refused_until) => r,
@@ -431,7 +432,7 @@ pub async fn follow(
             let after = shared.hub.head(&product).map_or(0, |h| h.seq());
             progressed |= after > before;
             if Some(peer) == owner {
-                if matches!(result, Err(StreamError::Refused(_))) {
+                if owner_turned_away(&result, asked.elapsed()) {
                     owner_refusals = owner_refusals.saturating_add(1);
                     owner_refused_until = Some(Instant::now() + owner_refused_wait(owner_refusals));
                 } else {
@@ -488,6 +489,21 @@ fn owner_refused_wait(refusals: u32) -> Duration {
     OWNER_RECHECK
         .saturating_mul(1 << refusals.saturating_sub(1).min(8))
         .min(OWNER_REFUSED_WAIT_MAX)
+}
+
+/// Whether the owner turned a subscriber away, so that it is asked again only after
+/// [`owner_refused_wait`]: it refused the subscription, or ended or broke the stream it had
+/// accepted within `OWNER_RECHECK` (in `lasted`) while the connection stayed up. An owner that
+/// does either would likely do it again, and without the wait its subscribers would leave a
+/// fallback source for it, and come back, every `OWNER_RECHECK`.
+fn owner_turned_away(result: &Result<(), StreamError>, lasted: Duration) -> bool {
+    match result {
+        Err(StreamError::Refused(_)) => true,
+        // Not the owner's doing: no connection, or this node's own store.
+        Err(e) if e.is_connection_loss() => false,
+        Err(StreamError::Store(_) | StreamError::SwitchToOwner) => false,
+        Ok(()) | Err(_) => lasted < OWNER_RECHECK,
+    }
 }
 
 /// Aborts a task when dropped: here, the reader of a stream we stopped following.
@@ -701,6 +717,30 @@ mod tests {
         let waits: Vec<u64> = (1..=6).map(|n| owner_refused_wait(n).as_secs()).collect();
         assert_eq!(waits, [2, 4, 8, 16, 30, 30]);
         assert_eq!(owner_refused_wait(u32::MAX), OWNER_REFUSED_WAIT_MAX);
+    }
+
+    #[test]
+    fn an_owner_that_ends_an_accepted_stream_at_once_is_waited_for_as_after_a_refusal() {
+        let soon = OWNER_RECHECK / 4;
+        let later = OWNER_RECHECK * 2;
+        let refused = || Err(StreamError::Refused(Refusal::UnknownProduct));
+        let invalid = || Err(StreamError::Frame(FrameError::TooLarge { len: 2, max: 1 }));
+        assert!(owner_turned_away(&refused(), soon));
+        assert!(owner_turned_away(&refused(), later));
+        // Accepted, then closed or sent something invalid: at once, turned away; after a
+        // while, a stream that served.
+        for result in [Ok(()), Err(StreamError::Closed), invalid()] {
+            assert!(owner_turned_away(&result, soon), "{result:?}");
+            assert!(!owner_turned_away(&result, later), "{result:?}");
+        }
+        // The connection failing, or this node's store, is not the owner turning us away.
+        for result in [
+            Err(StreamError::Disconnected),
+            Err(StreamError::Open("no addresses".into())),
+            Err(StreamError::Store("disk full".into())),
+        ] {
+            assert!(!owner_turned_away(&result, soon), "{result:?}");
+        }
     }
 
     /// A bare libp2p peer connected to `node`, with `behaviour`; its swarm runs until the
