@@ -34,6 +34,7 @@ pub struct Metrics {
     pub catalog_received: Counter,
     pub catalog_rejected: Family<ReasonLabel, Counter>,
     pub catalog_equivocations: Counter,
+    pub gossip_verdicts_late: Counter,
     pub events_appended: Counter,
     pub events_received: Counter,
     pub events_duplicate: Counter,
@@ -82,6 +83,11 @@ impl Metrics {
             "catalog_equivocations",
             "Equal-revision catalog entries with different content",
             self.catalog_equivocations.clone(),
+        );
+        r.register(
+            "gossip_verdicts_late",
+            "Gossiped entries worth forwarding whose check ended after gossipsub forgot them",
+            self.gossip_verdicts_late.clone(),
         );
         r.register(
             "events_appended",

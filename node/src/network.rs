@@ -420,7 +420,14 @@ impl EventLoop {
             Command::Validated { verdicts } => {
                 let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
                 for (id, source, acceptance) in verdicts {
-                    gossipsub.report_message_validation_result(&id, &source, acceptance);
+                    // False when gossipsub no longer holds the message (its cache keeps it for
+                    // a few heartbeats): an entry worth forwarding checked that slowly is not.
+                    let forward = matches!(acceptance, MessageAcceptance::Accept);
+                    if !gossipsub.report_message_validation_result(&id, &source, acceptance)
+                        && forward
+                    {
+                        self.shared.metrics.gossip_verdicts_late.inc();
+                    }
                 }
             }
             Command::Dial { address, reply } => {

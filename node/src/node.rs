@@ -1519,6 +1519,25 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_verdict_on_an_entry_gossipsub_forgot_is_counted_as_late() {
+        use libp2p::gossipsub::MessageAcceptance::{Accept, Ignore};
+        let node = memory_node(Vec::new()).await;
+        let late = || node.metrics().gossip_verdicts_late.get();
+        let forgotten = libp2p::gossipsub::MessageId::from(vec![7; 32]);
+        let verdict = |acceptance| crate::network::Command::Validated {
+            verdicts: vec![(forgotten.clone(), PeerId::random(), acceptance)],
+        };
+        // Not forwarding an entry not worth it is no loss; not forwarding a new one is.
+        for command in [verdict(Ignore), verdict(Accept)] {
+            node.shared.commands.send(command).await.unwrap();
+        }
+        until(|| late() == 1, "the late verdict is counted").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(late(), 1, "only the entry worth forwarding counts");
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn the_record_of_departed_peers_is_bounded_and_keeps_catalog_owners() {
         let node = memory_node(Vec::new()).await;
         let shared = node.shared.clone();
