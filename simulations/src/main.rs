@@ -39,7 +39,8 @@ enum Command {
         #[arg(long)]
         nodes: Option<usize>,
         /// Override the scenario's catalog update rate (updates per second, all nodes
-        /// together), e.g. to find the rate a machine carries.
+        /// together), e.g. to find the rate a machine carries. The plan draws its faults after
+        /// the updates: with another rate, faults may fall on other nodes.
         #[arg(long, value_name = "PER_S")]
         catalog_rate: Option<f64>,
         /// No progress bar; log the phases instead (as when stderr is not a terminal).
@@ -129,18 +130,21 @@ fn execute(command: Command) -> anyhow::Result<bool> {
                         .retain(|f| matches!(f, mesh_sim::scenario::Fault::Link { .. }));
                 }
             }
-            // The report repeats the scenario's description: say what the run changed.
-            let mut changed = Vec::new();
+            // The report repeats the scenario's description, the default directory is named
+            // after the run and a failure says how to replay it: each tells what the run changed.
+            let (mut changed, mut suffix) = (Vec::new(), String::new());
             if let Some(n) = nodes {
                 s.nodes = n;
                 changed.push(format!("--nodes {n}"));
+                suffix.push_str(&format!("-nodes{n}"));
             }
             if let Some(rate) = catalog_rate {
                 s.workload.catalog_update_rate = rate;
                 changed.push(format!("--catalog-rate {rate}"));
+                suffix.push_str(&format!("-rate{rate}"));
             }
+            let changed = changed.join(" ");
             if !changed.is_empty() {
-                let changed = changed.join(" ");
                 s.check()
                     .map_err(|e| anyhow::anyhow!("{} with {changed}: {e}", scenario.display()))?;
                 s.description = format!("{} Run with {changed}.", s.description)
@@ -149,7 +153,11 @@ fn execute(command: Command) -> anyhow::Result<bool> {
             }
             let seed = seed.unwrap_or(s.seed);
             let out = out.unwrap_or_else(|| {
-                PathBuf::from("results").join(format!("{}-{}-{seed}", s.name, s.stack.label()))
+                PathBuf::from("results").join(format!(
+                    "{}-{}-{seed}{suffix}",
+                    s.name,
+                    s.stack.label()
+                ))
             });
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -167,7 +175,7 @@ fn execute(command: Command) -> anyhow::Result<bool> {
             println!("report: {}", out.join("report.md").display());
             let passed = outcome.report.passed();
             if !passed {
-                eprintln!("meshsim: a check failed; replay with --seed {seed}");
+                eprintln!("meshsim: a check failed; replay with --seed {seed} {changed}");
             }
             // Nodes were stopped; do not wait for stray blocking tasks.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

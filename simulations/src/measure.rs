@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::net::SimNet;
 use crate::report::{Convergence, Percentiles};
@@ -334,14 +334,79 @@ pub fn cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Shows a run's phase on its progress bar and logs it with the memory and CPU used so far.
+/// Shows a run's phase on its progress bar and logs it with the memory and CPU used so far,
+/// and how busy tokio's workers were: the time they spent polling tasks (`busy_s`, all
+/// workers together; the rest of `cpu_s` is other threads: the nodes' commit threads, the
+/// blocking pool, the search index's), the tasks alive and those waiting in the global queue.
 pub fn phase(bar: &indicatif::ProgressBar, what: &'static str) {
     bar.set_message(what);
+    let runtime = RuntimeLoad::now();
     tracing::info!(
         rss_mib = rss_mib() as u64,
         cpu_s = format_args!("{:.1}", cpu_seconds()),
+        busy_s = format_args!("{:.1}", runtime.busy.as_secs_f64()),
+        tasks = runtime.tasks,
+        queued = runtime.queued,
         "{what}"
     );
+}
+
+/// Logs, every second until aborted, the share of the past second the process spent on CPU
+/// and tokio's workers spent polling (in cores), the tasks waiting in the global queue, and
+/// the connections `connections` reports (opened so far, open now), at debug level
+/// (`RUST_LOG=mesh_sim::measure=debug`): where a run's time goes while it runs.
+pub fn log_runtime_load(
+    connections: impl Fn() -> (u64, usize) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut cpu, mut load, mut at) = (cpu_seconds(), RuntimeLoad::now(), Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (cpu_now, load_now, now) = (cpu_seconds(), RuntimeLoad::now(), Instant::now());
+            let seconds = now.duration_since(at).as_secs_f64();
+            let (opened, open) = connections();
+            tracing::debug!(
+                cpu_cores = format_args!("{:.2}", (cpu_now - cpu) / seconds),
+                busy_cores = format_args!(
+                    "{:.2}",
+                    (load_now.busy.saturating_sub(load.busy)).as_secs_f64() / seconds
+                ),
+                tasks = load_now.tasks,
+                queued = load_now.queued,
+                connections_opened = opened,
+                connections_open = open,
+                "runtime load"
+            );
+            (cpu, load, at) = (cpu_now, load_now, now);
+        }
+    })
+}
+
+/// What tokio's runtime was doing at one moment (zero outside a runtime).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RuntimeLoad {
+    /// Time all workers spent polling tasks since the runtime started.
+    pub busy: Duration,
+    /// Tasks alive.
+    pub tasks: usize,
+    /// Tasks woken from outside the workers, waiting in the global queue.
+    pub queued: usize,
+}
+
+impl RuntimeLoad {
+    pub fn now() -> Self {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Self::default();
+        };
+        let m = handle.metrics();
+        Self {
+            busy: (0..m.num_workers())
+                .map(|w| m.worker_total_busy_duration(w))
+                .sum(),
+            tasks: m.num_alive_tasks(),
+            queued: m.global_queue_depth(),
+        }
+    }
 }
 
 /// Counters of a node's Prometheus metrics: `(name, reason label, value)`.

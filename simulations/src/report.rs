@@ -169,6 +169,10 @@ pub struct CatalogReport {
     pub rejected_by_reason: BTreeMap<String, u64>,
     /// Entries held by some node whose id no owner published.
     pub forged_entries_accepted: u64,
+    /// Gossiped entries the nodes checked only after gossipsub had forgotten them, so never
+    /// forwarded (summed over the run; `mesh_gossip_verdicts_late_total`).
+    #[serde(default)]
+    pub verdicts_late: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -441,8 +445,8 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "Entries rejected: {:?}; forged entries accepted: {}.\n",
-            c.rejected_by_reason, c.forged_entries_accepted
+            "Entries rejected: {:?}; forged entries accepted: {}; checked too late to forward: {}.\n",
+            c.rejected_by_reason, c.forged_entries_accepted, c.verdicts_late
         );
         let e = &self.events;
         let _ = writeln!(m, "## Change events\n");

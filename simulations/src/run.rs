@@ -500,6 +500,10 @@ impl MeshRun {
                 }
             })
         };
+        let runtime_log = {
+            let net = self.net.clone();
+            measure::log_runtime_load(move || (net.connections_opened(n), net.live_connections()))
+        };
         let mut update_count = 0u64;
         for action in self.plan.actions.clone() {
             tokio::time::sleep_until(t0 + action.at).await;
@@ -516,6 +520,7 @@ impl MeshRun {
         tokio::time::sleep_until(t0 + duration).await;
         self.bar.set_position(duration.as_millis() as u64);
         snapshots.abort();
+        runtime_log.abort();
         let workload_end = Instant::now();
         let after = NetSnapshot::take(&self.net);
         report.timings.workload_s = workload_end.duration_since(t0).as_secs_f64();
@@ -1145,6 +1150,7 @@ impl MeshRun {
         let config = mesh_protocol::Config::default();
         let mut forged = 0;
         let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
+        let mut late = 0;
         for node in up {
             let Some(h) = self.handle(node).await else {
                 continue;
@@ -1166,10 +1172,14 @@ impl MeshRun {
                 if name == "mesh_catalog_rejected_total" && value > 0.0 {
                     *rejected.entry(reason).or_default() += value as u64;
                 }
+                if name == "mesh_gossip_verdicts_late_total" {
+                    late += value as u64;
+                }
             }
         }
         report.catalog.forged_entries_accepted = forged;
         report.catalog.rejected_by_reason = rejected;
+        report.catalog.verdicts_late = late;
     }
 
     async fn measure_events(&self, report: &mut Report, samples: &mut Samples) {
