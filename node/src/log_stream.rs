@@ -424,15 +424,16 @@ pub async fn follow(
                 continue 'rounds;
             }
             let before = shared.hub.head(&product).map_or(0, |h| h.seq());
-            let asked = Instant::now();
+            let mut accepted = None;
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
-                r = follow_from(&shared, &product, peer, owner_refused_until) => r,
+                r = follow_from(&shared, &product, peer, owner_refused_until, &mut accepted) => r,
             };
             let after = shared.hub.head(&product).map_or(0, |h| h.seq());
             progressed |= after > before;
             if Some(peer) == owner {
-                if owner_turned_away(&result, asked.elapsed()) {
+                let served = accepted.map(|at: Instant| at.elapsed());
+                if owner_turned_away(&result, served, shared.is_connected(&peer)) {
                     owner_refusals = owner_refusals.saturating_add(1);
                     owner_refused_until = Some(Instant::now() + owner_refused_wait(owner_refusals));
                 } else {
@@ -492,17 +493,22 @@ fn owner_refused_wait(refusals: u32) -> Duration {
 }
 
 /// Whether the owner turned a subscriber away, so that it is asked again only after
-/// [`owner_refused_wait`]: it refused the subscription, or ended or broke the stream it had
-/// accepted within `OWNER_RECHECK` (in `lasted`) while the connection stayed up. An owner that
-/// does either would likely do it again, and without the wait its subscribers would leave a
-/// fallback source for it, and come back, every `OWNER_RECHECK`.
-fn owner_turned_away(result: &Result<(), StreamError>, lasted: Duration) -> bool {
+/// [`owner_refused_wait`]: it refused the subscription, or ended or broke the stream within
+/// `OWNER_RECHECK` of accepting it (`served`, `None` if it never accepted) while the connection
+/// stayed up (`connected`). An owner that does either would likely do it again, and without
+/// the wait its subscribers would leave a fallback source for it, and come back, every
+/// `OWNER_RECHECK`.
+fn owner_turned_away(
+    result: &Result<(), StreamError>,
+    served: Option<Duration>,
+    connected: bool,
+) -> bool {
     match result {
         Err(StreamError::Refused(_)) => true,
         // Not the owner's doing: no connection, or this node's own store.
         Err(e) if e.is_connection_loss() => false,
         Err(StreamError::Store(_) | StreamError::SwitchToOwner) => false,
-        Ok(()) | Err(_) => lasted < OWNER_RECHECK,
+        Ok(()) | Err(_) => connected && served.is_none_or(|d| d < OWNER_RECHECK),
     }
 }
 
@@ -546,6 +552,7 @@ async fn follow_from(
     product: &ProductId,
     peer: PeerId,
     owner_refused_until: Option<Instant>,
+    accepted: &mut Option<Instant>,
 ) -> Result<(), StreamError> {
     let config = shared.protocol.clone();
     let mut control = shared.control.clone();
@@ -580,6 +587,7 @@ async fn follow_from(
     if let Some(r) = response.refusal {
         return Err(StreamError::Refused(r));
     }
+    *accepted = Some(Instant::now());
     tracing::info!(peer = %short(&peer), product = %product.short(), source_head = response.head_seq, held, "following");
     let mut source_head = response.head_seq;
     shared.set_source(product, peer, source_head);
@@ -721,25 +729,27 @@ mod tests {
 
     #[test]
     fn an_owner_that_ends_an_accepted_stream_at_once_is_waited_for_as_after_a_refusal() {
-        let soon = OWNER_RECHECK / 4;
-        let later = OWNER_RECHECK * 2;
+        let soon = Some(OWNER_RECHECK / 4);
+        let later = Some(OWNER_RECHECK * 2);
         let refused = || Err(StreamError::Refused(Refusal::UnknownProduct));
         let invalid = || Err(StreamError::Frame(FrameError::TooLarge { len: 2, max: 1 }));
-        assert!(owner_turned_away(&refused(), soon));
-        assert!(owner_turned_away(&refused(), later));
+        assert!(owner_turned_away(&refused(), None, true));
         // Accepted, then closed or sent something invalid: at once, turned away; after a
-        // while, a stream that served.
+        // while, a stream that served; with the connection gone, not the owner's choice.
         for result in [Ok(()), Err(StreamError::Closed), invalid()] {
-            assert!(owner_turned_away(&result, soon), "{result:?}");
-            assert!(!owner_turned_away(&result, later), "{result:?}");
+            assert!(owner_turned_away(&result, soon, true), "{result:?}");
+            assert!(!owner_turned_away(&result, later, true), "{result:?}");
+            assert!(!owner_turned_away(&result, soon, false), "{result:?}");
         }
+        // A malformed answer instead of an acceptance is the owner's fault too.
+        assert!(owner_turned_away(&invalid(), None, true));
         // The connection failing, or this node's store, is not the owner turning us away.
         for result in [
             Err(StreamError::Disconnected),
             Err(StreamError::Open("no addresses".into())),
             Err(StreamError::Store("disk full".into())),
         ] {
-            assert!(!owner_turned_away(&result, soon), "{result:?}");
+            assert!(!owner_turned_away(&result, soon, true), "{result:?}");
         }
     }
 
@@ -775,7 +785,7 @@ mod tests {
 
         let owner = SecretKey::from_bytes(&[3; 32]);
         let product = ProductId::new(owner.public(), ProductName::new("orders").unwrap());
-        let error = follow_from(&node.shared, &product, bare_id, None)
+        let error = follow_from(&node.shared, &product, bare_id, None, &mut None)
             .await
             .unwrap_err();
         assert!(matches!(error, StreamError::Unsupported(_)), "{error}");
