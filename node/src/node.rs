@@ -388,9 +388,11 @@ impl Shared {
     ///
     /// Never fails the operation that triggered it, which has already taken effect: a product
     /// whose new entry cannot be made (e.g. its descriptor plus the list is over the entry size
-    /// limit) keeps its previous announcement, and the problem is logged.
-    pub(crate) async fn refresh_consumption(&self) {
+    /// limit) keeps its previous announcement, and the problem is logged. Returns whether
+    /// every entry that had to change did.
+    pub(crate) async fn refresh_consumption(&self) -> bool {
         let _one_at_a_time = self.publishing.lock().await;
+        let mut all = true;
         for entry in self.own_entries() {
             let product = entry.product().clone();
             let result = match self.consumes(&entry.entry().descriptor) {
@@ -403,8 +405,10 @@ impl Shared {
             };
             if let Err(e) = result {
                 tracing::warn!(product = %product.short(), "cannot announce what it consumes: {e}");
+                all = false;
             }
         }
+        all
     }
 
     /// Records that what the own products consume may have changed (a subscription, an
@@ -664,20 +668,24 @@ async fn announce_consumption(shared: Arc<Shared>, mut changes: tokio::sync::wat
             }
         }
         let taken_in = *changes.borrow_and_update();
-        shared.refresh_consumption().await;
-        shared
-            .consumption_announced
-            .store(taken_in, std::sync::atomic::Ordering::Relaxed);
+        // A failed announcement stays pending: shutdown tries once more.
+        if shared.refresh_consumption().await {
+            shared
+                .consumption_announced
+                .store(taken_in, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
 /// Whether a stored subscription is missing from every own product's entry: the process
 /// stopped (a crash, `kill -9`) between subscribing and announcing it. (An entry may also list
 /// products no longer subscribed, after a stop between unsubscribing and announcing: that
-/// claims too much lineage rather than too little, and is mended by the next change.)
+/// claims too much lineage rather than too little, and is mended by the next change.) Not
+/// when an entry's list is full: the rest goes unannounced anyway (PROTOCOL.md §5).
 fn consumption_unannounced(shared: &Shared) -> Result<bool, NodeError> {
     let own = shared.own_entries();
-    if own.is_empty() {
+    let full = |e: &VerifiedCatalogEntry| e.entry().consumes.len() >= shared.protocol.consumes_max;
+    if own.is_empty() || own.iter().any(full) {
         return Ok(false);
     }
     let listed: HashSet<&ProductId> = own.iter().flat_map(|e| &e.entry().consumes).collect();
@@ -1217,6 +1225,8 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         let shared = self.shared.clone();
         let deadline = Instant::now() + Duration::from_secs(5);
+        // tokio's clock for tokio's timeouts: a paused test clock may run ahead of `Instant`.
+        let timeouts = tokio::time::Instant::now() + Duration::from_secs(5);
         // A change still waiting to be announced is signed and stored now, and handed to the
         // network, which may or may not send it before it stops: peers that miss it get it by
         // anti-entropy when the node runs again.
@@ -1225,12 +1235,12 @@ impl NodeHandle {
             .consumption_announced
             .load(std::sync::atomic::Ordering::Relaxed);
         if changes != announced {
-            let _ = tokio::time::timeout_at(deadline.into(), shared.refresh_consumption()).await;
+            let _ = tokio::time::timeout_at(timeouts, shared.refresh_consumption()).await;
         }
         shared.shutdown.cancel();
         let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         drop(self);
-        if tokio::time::timeout_at(deadline.into(), async {
+        if tokio::time::timeout_at(timeouts, async {
             while tasks.join_next().await.is_some() {}
         })
         .await
@@ -1240,7 +1250,7 @@ impl NodeHandle {
             tasks.abort_all();
         }
         shared.tracker.close();
-        let _ = tokio::time::timeout_at(deadline.into(), shared.tracker.wait()).await;
+        let _ = tokio::time::timeout_at(timeouts, shared.tracker.wait()).await;
         let stopping = shared.clone();
         let _ = crate::node::spawn_blocking(move || stopping.appender.stop()).await;
         // Blocking work already under way (an ingest, a gossip check, a backfill read) holds
