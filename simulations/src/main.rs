@@ -29,7 +29,8 @@ enum Command {
         /// Seed of the plan (topology, workload, faults); default: the scenario's.
         #[arg(long)]
         seed: Option<u64>,
-        /// Where to write report.json, report.md and the plots; default results/NAME-SEED.
+        /// Where to write report.json, report.md and the plots; default
+        /// results/NAME-STACK-SEED, followed by any override (-nodesN, -rateR).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Run the scenario's catalog workload on another stack (e.g. stock-gossipsub).
@@ -175,7 +176,11 @@ fn execute(command: Command) -> anyhow::Result<bool> {
             println!("report: {}", out.join("report.md").display());
             let passed = outcome.report.passed();
             if !passed {
-                eprintln!("meshsim: a check failed; replay with --seed {seed} {changed}");
+                let stack = match s.stack {
+                    Stack::Mesh => String::new(),
+                    other => format!(" --stack {}", other.label()),
+                };
+                eprintln!("meshsim: a check failed; replay with --seed {seed}{stack} {changed}");
             }
             // Nodes were stopped; do not wait for stray blocking tasks.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

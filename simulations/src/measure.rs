@@ -363,6 +363,11 @@ pub fn log_runtime_load(
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (cpu_now, load_now, now) = (cpu_seconds(), RuntimeLoad::now(), Instant::now());
+            if !tracing::enabled!(tracing::Level::DEBUG) {
+                // Counting connections takes the network's lock: only when it is logged.
+                (cpu, load, at) = (cpu_now, load_now, now);
+                continue;
+            }
             let seconds = now.duration_since(at).as_secs_f64();
             let (opened, open) = connections();
             tracing::debug!(

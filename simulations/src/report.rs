@@ -169,10 +169,12 @@ pub struct CatalogReport {
     pub rejected_by_reason: BTreeMap<String, u64>,
     /// Entries held by some node whose id no owner published.
     pub forged_entries_accepted: u64,
-    /// Gossiped entries the nodes checked only after gossipsub had forgotten them, so never
-    /// forwarded (summed over the run; `mesh_gossip_verdicts_late_total`).
+    /// Gossiped entries worth forwarding that the nodes checked only after gossipsub had
+    /// forgotten them, so never forwarded (`mesh_gossip_verdicts_late_total`, summed over the
+    /// nodes up at the end, each since its last start); `None` where not counted (stock
+    /// gossipsub, reports written before the count).
     #[serde(default)]
-    pub verdicts_late: u64,
+    pub verdicts_late: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -446,7 +448,10 @@ impl Report {
         let _ = writeln!(
             m,
             "Entries rejected: {:?}; forged entries accepted: {}; checked too late to forward: {}.\n",
-            c.rejected_by_reason, c.forged_entries_accepted, c.verdicts_late
+            c.rejected_by_reason,
+            c.forged_entries_accepted,
+            c.verdicts_late
+                .map_or("not counted".into(), |n| n.to_string())
         );
         let e = &self.events;
         let _ = writeln!(m, "## Change events\n");

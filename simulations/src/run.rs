@@ -1179,7 +1179,7 @@ impl MeshRun {
         }
         report.catalog.forged_entries_accepted = forged;
         report.catalog.rejected_by_reason = rejected;
-        report.catalog.verdicts_late = late;
+        report.catalog.verdicts_late = Some(late);
     }
 
     async fn measure_events(&self, report: &mut Report, samples: &mut Samples) {
