@@ -310,6 +310,14 @@ impl Shared {
         );
     }
 
+    /// Hands a command to the event loop; fails only once the node is shutting down.
+    async fn command(&self, command: Command) -> Result<(), NodeError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NodeError::Internal("node is shutting down".into()))
+    }
+
     /// Signs, stores and gossips the next revision of one of this node's products.
     pub(crate) async fn publish_entry(
         &self,
@@ -332,12 +340,10 @@ impl Shared {
         crate::node::spawn_blocking(move || catalog.accept_own(&stored))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))??;
-        self.commands
-            .send(Command::Gossip {
-                entry: entry.encoded().clone(),
-            })
-            .await
-            .map_err(|_| NodeError::Internal("node is shutting down".into()))?;
+        self.command(Command::Gossip {
+            entry: entry.encoded().clone(),
+        })
+        .await?;
         tracing::info!(product = %entry.product().short(), revision, "published");
         Ok(entry)
     }
@@ -887,11 +893,7 @@ impl NodeHandle {
     }
 
     async fn command(&self, command: Command) -> Result<(), NodeError> {
-        self.shared
-            .commands
-            .send(command)
-            .await
-            .map_err(|_| NodeError::Internal("node is shutting down".into()))
+        self.shared.command(command).await
     }
 
     /// The id this node's product of that name has.
