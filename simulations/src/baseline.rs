@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::measure::{self, NetSnapshot, Recorder};
 use crate::net::SimNet;
 use crate::plan::{Plan, What, base_link};
-use crate::report::{GossipCopies, Memory, Percentiles, Report, Samples, TopologyReport};
+use crate::report::{Memory, Percentiles, Report, Samples, TopologyReport};
 use crate::run::{Outcome, build_label, checks, peer_id_of, sign_entry};
 use crate::scenario::InitialCatalog;
 use crate::scenario::{Scenario, Stack};
@@ -402,16 +402,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
     report.catalog.initial = initial;
     report.catalog.updates = updates_conv;
     let deliveries = measure::arrivals_between(&rec, t0.into_std(), end.into_std(), owner_of);
-    let copies = before.delta(&after, n, |s| &s.copies);
-    report.catalog.gossip = GossipCopies {
-        copies_received: copies,
-        deliveries,
-        copies_per_delivery: (deliveries > 0).then(|| copies as f64 / deliveries as f64),
-        ihave_ids: before.delta(&after, n, |s| &s.ihave),
-        iwant_ids: before.delta(&after, n, |s| &s.iwant),
-        idontwant_ids: before.delta(&after, n, |s| &s.idontwant),
-        undecodable_rpcs: before.delta(&after, n, |s| &s.undecodable),
-    };
+    report.catalog.gossip = before.gossip(&after, n, deliveries);
     let now = NetSnapshot::take(&net);
     let window = end.duration_since(t0).as_secs_f64().max(1e-3);
     let per_node: Vec<f64> = (0..n)

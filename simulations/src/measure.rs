@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::net::SimNet;
-use crate::report::{Convergence, Percentiles};
+use crate::report::{Convergence, GossipCopies, Percentiles};
 use crate::tap::Proto;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -251,6 +251,7 @@ pub fn arrivals_between(
 #[derive(Clone, Debug, Default)]
 pub struct NetSnapshot {
     pub wire_sent: Vec<u64>,
+    pub rpcs: Vec<u64>,
     pub copies: Vec<u64>,
     pub ihave: Vec<u64>,
     pub iwant: Vec<u64>,
@@ -266,6 +267,7 @@ impl NetSnapshot {
             let w = net.wire(i);
             let t = net.tap(i);
             s.wire_sent.push(w.sent_bytes.load(Ordering::Relaxed));
+            s.rpcs.push(t.gossip_rpcs_received.load(Ordering::Relaxed));
             s.copies.push(t.copies());
             s.ihave.push(t.ihave_ids_received.load(Ordering::Relaxed));
             s.iwant.push(t.iwant_ids_received.load(Ordering::Relaxed));
@@ -287,6 +289,25 @@ impl NetSnapshot {
             s.sent_by_proto.push(by);
         }
         s
+    }
+
+    /// Gossip received by the first `n` endpoints between `self` and `later`, for
+    /// `deliveries` entries arriving in that window; undecodable RPCs count at every endpoint.
+    pub fn gossip(&self, later: &Self, n: usize, deliveries: u64) -> GossipCopies {
+        let per_delivery = |v: u64| (deliveries > 0).then(|| v as f64 / deliveries as f64);
+        let copies = self.delta(later, n, |s| &s.copies);
+        let rpcs = self.delta(later, n, |s| &s.rpcs);
+        GossipCopies {
+            copies_received: copies,
+            deliveries,
+            copies_per_delivery: per_delivery(copies),
+            rpcs_received: Some(rpcs),
+            rpcs_per_delivery: per_delivery(rpcs),
+            ihave_ids: self.delta(later, n, |s| &s.ihave),
+            iwant_ids: self.delta(later, n, |s| &s.iwant),
+            idontwant_ids: self.delta(later, n, |s| &s.idontwant),
+            undecodable_rpcs: self.delta(later, later.undecodable.len(), |s| &s.undecodable),
+        }
     }
 
     /// Sum over the first `n` endpoints of `f` in `later` minus in `self`.

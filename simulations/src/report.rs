@@ -149,6 +149,12 @@ pub struct GossipCopies {
     pub copies_received: u64,
     pub deliveries: u64,
     pub copies_per_delivery: Option<f64>,
+    /// Gossipsub RPCs received, whatever they carry (messages, IHAVE, IWANT, IDONTWANT,
+    /// GRAFT, PRUNE): each is a frame through noise and yamux. `None` in older reports.
+    #[serde(default)]
+    pub rpcs_received: Option<u64>,
+    #[serde(default)]
+    pub rpcs_per_delivery: Option<f64>,
     pub ihave_ids: u64,
     pub iwant_ids: u64,
     pub idontwant_ids: u64,
@@ -435,10 +441,14 @@ impl Report {
         let g = &c.gossip;
         let _ = writeln!(
             m,
-            "\nGossip during the workload: {} copies received for {} deliveries: **{}** copies per delivery (IHAVE ids {}, IWANT ids {}, IDONTWANT ids {}, undecodable RPCs {}).",
+            "\nGossip during the workload: {} copies received for {} deliveries: **{}** copies per delivery, in {} RPCs ({} per delivery; IHAVE ids {}, IWANT ids {}, IDONTWANT ids {}, undecodable RPCs {}).",
             g.copies_received,
             g.deliveries,
             g.copies_per_delivery
+                .map_or("–".into(), |v| format!("{v:.2}")),
+            g.rpcs_received
+                .map_or("uncounted".into(), |v| v.to_string()),
+            g.rpcs_per_delivery
                 .map_or("–".into(), |v| format!("{v:.2}")),
             g.ihave_ids,
             g.iwant_ids,

@@ -33,8 +33,8 @@ use crate::measure::{self, NetSnapshot, Recorder};
 use crate::net::SimNet;
 use crate::plan::{Plan, What, base_link};
 use crate::report::{
-    Bandwidth, EventReport, FaultReport, GossipCopies, HopLatency, Memory, Percentiles, Report,
-    Samples, TopologyReport,
+    Bandwidth, EventReport, FaultReport, HopLatency, Memory, Percentiles, Report, Samples,
+    TopologyReport,
 };
 use crate::scenario::{InitialCatalog, Scenario, Stack, StoreKind};
 
@@ -1137,16 +1137,7 @@ impl MeshRun {
         report.catalog.updates = updates;
         let deliveries =
             measure::arrivals_between(&self.rec, t0.into_std(), end.into_std(), owner_of);
-        let copies = before.delta(after, n, |s| &s.copies);
-        report.catalog.gossip = GossipCopies {
-            copies_received: copies,
-            deliveries,
-            copies_per_delivery: (deliveries > 0).then(|| copies as f64 / deliveries as f64),
-            ihave_ids: before.delta(after, n, |s| &s.ihave),
-            iwant_ids: before.delta(after, n, |s| &s.iwant),
-            idontwant_ids: before.delta(after, n, |s| &s.idontwant),
-            undecodable_rpcs: before.delta(after, n + 1, |s| &s.undecodable),
-        };
+        report.catalog.gossip = before.gossip(after, n, deliveries);
         let config = mesh_protocol::Config::default();
         let mut forged = 0;
         let mut rejected: BTreeMap<String, u64> = BTreeMap::new();

@@ -82,6 +82,9 @@ impl Proto {
 /// What the tap counted at one node.
 #[derive(Debug, Default)]
 pub struct TapStats {
+    /// Gossipsub RPCs received, each with its own length prefix and flush: every one is a
+    /// frame through noise and yamux and an event for the swarm, whatever it carries.
+    pub gossip_rpcs_received: AtomicU64,
     /// Gossipsub messages received, every copy.
     pub gossip_copies_received: AtomicU64,
     /// Message ids announced to this node in IHAVE, asked of it in IWANT, and refused with
@@ -513,6 +516,7 @@ impl ConnParser {
         if !ok {
             s.undecodable_rpcs.fetch_add(1, Ordering::Relaxed);
         }
+        s.gossip_rpcs_received.fetch_add(1, Ordering::Relaxed);
         s.gossip_copies_received
             .fetch_add(copies, Ordering::Relaxed);
         s.ihave_ids_received.fetch_add(ihave, Ordering::Relaxed);
@@ -671,6 +675,7 @@ mod tests {
             parser.feed(READ, chunk);
         }
         assert_eq!(stats.copies(), 3);
+        assert_eq!(stats.gossip_rpcs_received.load(Ordering::Relaxed), 2);
         assert_eq!(stats.ihave_ids_received.load(Ordering::Relaxed), 4);
         assert_eq!(stats.undecodable_rpcs.load(Ordering::Relaxed), 0);
         // The log substream's bytes: all of them once its protocol line was seen.
@@ -696,6 +701,7 @@ mod tests {
         ));
         parser.feed(WRITE, &wire);
         assert_eq!(stats.copies(), 0);
+        assert_eq!(stats.gossip_rpcs_received.load(Ordering::Relaxed), 0);
         assert!(stats.sent(Proto::Gossip) > 0);
         assert_eq!(stats.yamux_overhead_sent.load(Ordering::Relaxed), 12);
     }
