@@ -78,14 +78,15 @@ pub fn kad_config() -> kad::Config {
     config
 }
 
-/// Messages at least this large are announced with IDONTWANT on receipt (gossipsub's default).
+/// Messages whose encoded gossipsub message is larger than this are announced with IDONTWANT
+/// on receipt and on publish (gossipsub's default).
 ///
 /// An IDONTWANT is an RPC to each of the `D - 1` other mesh peers, about 70 bytes on the wire
 /// each, and saves only the copies those peers had not sent yet: 0.26 per delivery in the
-/// 300-node simulation. For an entry of a few hundred bytes that saves fewer bytes than it
-/// costs, and three RPCs, each a frame through noise and yamux, cost more CPU than the copy
-/// they avoid (SIMULATIONS.md, finding 17). Large entries still get it.
-const IDONTWANT_BYTES_MIN: usize = 1000;
+/// 300-node simulation. For an entry of a few hundred bytes that is about 210 bytes sent to
+/// save about 150, and three more RPCs per delivery (SIMULATIONS.md, finding 17). Large
+/// entries still get it.
+const IDONTWANT_THRESHOLD_BYTES: usize = 1000;
 
 /// Peers outside the mesh that get each heartbeat's IHAVE.
 const IHAVE_PEERS: usize = 2;
@@ -151,13 +152,13 @@ impl Behaviour {
             .flood_publish(false)
             // Tell mesh peers at once that we hold a large entry, before our own check, so
             // copies still on their way are not sent (gossipsub 1.2).
-            .idontwant_message_size_threshold(IDONTWANT_BYTES_MIN)
+            .idontwant_message_size_threshold(IDONTWANT_THRESHOLD_BYTES)
             .idontwant_on_publish(true)
-            // IHAVE: each heartbeat, the ids of the last three heartbeats' entries go to this
-            // many peers outside the mesh (gossipsub's default: 6, or a quarter of them if
-            // more). Each is an RPC of its own, sent whether or not the peer lacks anything;
-            // with anti-entropy behind the catalog (PROTOCOL.md §8.7), two are enough
-            // (SIMULATIONS.md, finding 17).
+            // IHAVE: each heartbeat, the ids of the entries validated in the last three
+            // heartbeats go to this many peers outside the mesh (gossipsub's default: 6, or a
+            // quarter of them if more). Each is an RPC of its own, sent whether or not the peer
+            // lacks anything; with anti-entropy behind the catalog (PROTOCOL.md §8.7), two are
+            // enough (SIMULATIONS.md, finding 17).
             .gossip_lazy(IHAVE_PEERS)
             .gossip_factor(0.0)
             .build()

@@ -150,7 +150,8 @@ pub struct GossipCopies {
     pub deliveries: u64,
     pub copies_per_delivery: Option<f64>,
     /// Gossipsub RPCs received, whatever they carry (messages, IHAVE, IWANT, IDONTWANT,
-    /// GRAFT, PRUNE): each is a frame through noise and yamux. `None` in older reports.
+    /// GRAFT, PRUNE): each is a yamux frame and a swarm event of its own. `None` in older
+    /// reports.
     #[serde(default)]
     pub rpcs_received: Option<u64>,
     #[serde(default)]
@@ -441,15 +442,17 @@ impl Report {
         let g = &c.gossip;
         let _ = writeln!(
             m,
-            "\nGossip during the workload: {} copies received for {} deliveries: **{}** copies per delivery, in {} RPCs ({} per delivery; IHAVE ids {}, IWANT ids {}, IDONTWANT ids {}, undecodable RPCs {}).",
+            "\nGossip during the workload: {} copies received for {} deliveries: **{}** copies per delivery{} (IHAVE ids {}, IWANT ids {}, IDONTWANT ids {}, undecodable RPCs {}).",
             g.copies_received,
             g.deliveries,
             g.copies_per_delivery
                 .map_or("–".into(), |v| format!("{v:.2}")),
-            g.rpcs_received
-                .map_or("uncounted".into(), |v| v.to_string()),
-            g.rpcs_per_delivery
-                .map_or("–".into(), |v| format!("{v:.2}")),
+            // Reports made before RPCs were counted say nothing of them.
+            g.rpcs_received.map_or(String::new(), |rpcs| format!(
+                ", in {rpcs} RPCs, {} per delivery",
+                g.rpcs_per_delivery
+                    .map_or("–".into(), |v| format!("{v:.2}"))
+            )),
             g.ihave_ids,
             g.iwant_ids,
             g.idontwant_ids,

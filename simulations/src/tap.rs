@@ -82,8 +82,8 @@ impl Proto {
 /// What the tap counted at one node.
 #[derive(Debug, Default)]
 pub struct TapStats {
-    /// Gossipsub RPCs received, each with its own length prefix and flush: every one is a
-    /// frame through noise and yamux and an event for the swarm, whatever it carries.
+    /// Gossipsub RPCs received, each with its own length prefix: every one is a yamux frame,
+    /// a substream flush and an event for the swarm of its own, whatever it carries.
     pub gossip_rpcs_received: AtomicU64,
     /// Gossipsub messages received, every copy.
     pub gossip_copies_received: AtomicU64,
