@@ -156,9 +156,10 @@ impl Behaviour {
             .idontwant_on_publish(true)
             // IHAVE: each heartbeat, the ids of the entries validated in the last three
             // heartbeats go to this many peers outside the mesh (gossipsub's default: 6, or a
-            // quarter of them if more). Each is an RPC of its own, sent whether or not the peer
-            // lacks anything; with anti-entropy behind the catalog (PROTOCOL.md §8.7), two are
-            // enough (SIMULATIONS.md, finding 17).
+            // quarter of those peers if that is more). Each is an RPC of its own, sent whether
+            // or not the peer lacks anything; with anti-entropy behind the catalog (PROTOCOL.md
+            // §8.7), two are enough (SIMULATIONS.md, finding 17, which also shows what it costs
+            // a partition's heal).
             .gossip_lazy(IHAVE_PEERS)
             .gossip_factor(0.0)
             .build()
