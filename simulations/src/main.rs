@@ -5,10 +5,10 @@
 //! `meshsim plan SCENARIO.toml` prints the seeded plan without running it.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use mesh_sim::Scenario;
 use mesh_sim::model::{self, ModelScenario};
 use mesh_sim::plan::Plan;
@@ -33,17 +33,8 @@ enum Command {
         /// results/NAME-STACK-SEED, followed by any override (-nodesN, -rateR).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Run the scenario's catalog workload on another stack (e.g. stock-gossipsub).
-        #[arg(long, value_parser = parse_stack)]
-        stack: Option<Stack>,
-        /// Override the scenario's node count.
-        #[arg(long)]
-        nodes: Option<usize>,
-        /// Override the scenario's catalog update rate (updates per second, all nodes
-        /// together), e.g. to find the rate a machine carries. The plan draws its faults after
-        /// the updates: with another rate, faults may fall on other nodes.
-        #[arg(long, value_name = "PER_S")]
-        catalog_rate: Option<f64>,
+        #[command(flatten)]
+        overrides: Overrides,
         /// No progress bar; log the phases instead (as when stderr is not a terminal).
         #[arg(long)]
         quiet: bool,
@@ -63,12 +54,80 @@ enum Command {
     /// Rewrite DIR/report.md from DIR/report.json, as this version of meshsim writes it
     /// (the plots need the run's samples and are left as they are).
     Render { dir: PathBuf },
-    /// Print a scenario's seeded plan (topology and schedule) without running it.
+    /// Print a scenario's seeded plan (topology and schedule) without running it; with the
+    /// same overrides, the plan `run` would carry out.
     Plan {
         scenario: PathBuf,
         #[arg(long)]
         seed: Option<u64>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
+}
+
+/// What `run` and `plan` may change in a scenario.
+#[derive(Debug, Args)]
+struct Overrides {
+    /// Run the scenario's catalog workload on another stack (e.g. stock-gossipsub).
+    #[arg(long, value_parser = parse_stack)]
+    stack: Option<Stack>,
+    /// Override the scenario's node count.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Override the scenario's catalog update rate (updates per second, all nodes
+    /// together), e.g. to find the rate a machine carries. The plan draws its faults after
+    /// the updates: with another rate, faults may fall on other nodes.
+    #[arg(long, value_name = "PER_S")]
+    catalog_rate: Option<f64>,
+}
+
+/// The scenario a command runs, once its overrides are applied.
+struct Overridden {
+    scenario: Scenario,
+    /// The overrides that change the plan, as flags (empty if none): the report repeats them
+    /// in the scenario's description and a failure names them in its replay hint.
+    flags: String,
+    /// Appended to the default report directory: `-nodesN`, `-rateR`.
+    suffix: String,
+}
+
+impl Overrides {
+    fn apply(&self, path: &Path) -> anyhow::Result<Overridden> {
+        let mut s = Scenario::load(path)?;
+        if let Some(stack) = self.stack {
+            s.stack = stack;
+            if stack == Stack::StockGossipsub {
+                // Stock gossipsub runs the catalog workload; faults other than link ones
+                // need the node.
+                s.faults
+                    .retain(|f| matches!(f, mesh_sim::scenario::Fault::Link { .. }));
+            }
+        }
+        let (mut flags, mut suffix) = (Vec::new(), String::new());
+        if let Some(n) = self.nodes {
+            s.nodes = n;
+            flags.push(format!("--nodes {n}"));
+            suffix.push_str(&format!("-nodes{n}"));
+        }
+        if let Some(rate) = self.catalog_rate {
+            s.workload.catalog_update_rate = rate;
+            flags.push(format!("--catalog-rate {rate}"));
+            suffix.push_str(&format!("-rate{rate}"));
+        }
+        let flags = flags.join(" ");
+        if !flags.is_empty() {
+            s.check()
+                .map_err(|e| anyhow::anyhow!("{} with {flags}: {e}", path.display()))?;
+            s.description = format!("{} Run with {flags}.", s.description)
+                .trim_start()
+                .to_string();
+        }
+        Ok(Overridden {
+            scenario: s,
+            flags,
+            suffix,
+        })
+    }
 }
 
 fn parse_stack(s: &str) -> Result<Stack, String> {
@@ -116,42 +175,14 @@ fn execute(command: Command) -> anyhow::Result<bool> {
             scenario,
             seed,
             out,
-            stack,
-            nodes,
-            catalog_rate,
+            overrides,
             quiet,
         } => {
-            let mut s = Scenario::load(&scenario)?;
-            if let Some(stack) = stack {
-                s.stack = stack;
-                if stack == Stack::StockGossipsub {
-                    // Stock gossipsub runs the catalog workload; faults other than link ones
-                    // need the node.
-                    s.faults
-                        .retain(|f| matches!(f, mesh_sim::scenario::Fault::Link { .. }));
-                }
-            }
-            // The report repeats the scenario's description, the default directory is named
-            // after the run and a failure says how to replay it: each tells what the run changed.
-            let (mut changed, mut suffix) = (Vec::new(), String::new());
-            if let Some(n) = nodes {
-                s.nodes = n;
-                changed.push(format!("--nodes {n}"));
-                suffix.push_str(&format!("-nodes{n}"));
-            }
-            if let Some(rate) = catalog_rate {
-                s.workload.catalog_update_rate = rate;
-                changed.push(format!("--catalog-rate {rate}"));
-                suffix.push_str(&format!("-rate{rate}"));
-            }
-            let changed = changed.join(" ");
-            if !changed.is_empty() {
-                s.check()
-                    .map_err(|e| anyhow::anyhow!("{} with {changed}: {e}", scenario.display()))?;
-                s.description = format!("{} Run with {changed}.", s.description)
-                    .trim_start()
-                    .to_string();
-            }
+            let Overridden {
+                scenario: s,
+                flags: changed,
+                suffix,
+            } = overrides.apply(&scenario)?;
             let seed = seed.unwrap_or(s.seed);
             let out = out.unwrap_or_else(|| {
                 PathBuf::from("results").join(format!(
@@ -227,8 +258,12 @@ fn execute(command: Command) -> anyhow::Result<bool> {
             println!("report: {}", out.display());
             Ok(true)
         }
-        Command::Plan { scenario, seed } => {
-            let s = Scenario::load(&scenario)?;
+        Command::Plan {
+            scenario,
+            seed,
+            overrides,
+        } => {
+            let s = overrides.apply(&scenario)?.scenario;
             let plan = Plan::new(&s, seed.unwrap_or(s.seed));
             println!("plan {} (seed {})", plan.fingerprint(), plan.seed);
             println!("links: {:?}", plan.edges);
@@ -241,6 +276,69 @@ fn execute(command: Command) -> anyhow::Result<bool> {
                 plan.count(|w| matches!(w, mesh_sim::plan::What::Update { .. }))
             );
             Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(name: &str) -> String {
+        format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn applied(args: &[&str]) -> anyhow::Result<Overridden> {
+        let cli = Cli::try_parse_from(args)?;
+        match cli.command {
+            Command::Run {
+                scenario,
+                overrides,
+                ..
+            }
+            | Command::Plan {
+                scenario,
+                overrides,
+                ..
+            } => overrides.apply(&scenario),
+            other => panic!("not run or plan: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plan_shows_the_plan_run_carries_out_with_the_same_overrides() {
+        let path = scenario("churn");
+        let flags = [
+            "--nodes",
+            "12",
+            "--catalog-rate",
+            "3",
+            "--stack",
+            "stock-gossipsub",
+        ];
+        let run = applied(&[&["meshsim", "run", &path][..], &flags].concat()).unwrap();
+        let plan = applied(&[&["meshsim", "plan", &path][..], &flags].concat()).unwrap();
+        let plain = applied(&["meshsim", "plan", &path]).unwrap();
+        let fingerprint = |o: &Overridden| Plan::new(&o.scenario, 1).fingerprint();
+        assert_eq!(fingerprint(&run), fingerprint(&plan));
+        assert_ne!(fingerprint(&plan), fingerprint(&plain));
+        assert_eq!(plan.scenario.nodes, 12);
+        assert_eq!(plan.scenario.workload.catalog_update_rate, 3.0);
+        // Stock gossipsub keeps only link faults; churn has none.
+        assert!(plan.scenario.faults.is_empty() && !plain.scenario.faults.is_empty());
+        assert_eq!(plan.flags, "--nodes 12 --catalog-rate 3");
+        assert_eq!(plan.suffix, "-nodes12-rate3");
+        assert!(plain.flags.is_empty() && plain.suffix.is_empty());
+    }
+
+    #[test]
+    fn an_override_the_scenario_cannot_take_is_refused_by_plan_too() {
+        let path = scenario("ci-smoke");
+        for bad in [["--nodes", "1"], ["--catalog-rate", "inf"]] {
+            let err = applied(&[&["meshsim", "plan", &path][..], &bad].concat())
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(err.to_string().contains(bad[0]), "{bad:?}: {err}");
         }
     }
 }
