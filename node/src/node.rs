@@ -1226,9 +1226,9 @@ impl NodeHandle {
     /// holds the node's state. A node can be started again on the same store afterwards.
     pub async fn shutdown(self) {
         let shared = self.shared.clone();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // tokio's clock for tokio's timeouts: a paused test clock may run ahead of `Instant`.
-        let timeouts = tokio::time::Instant::now() + Duration::from_secs(5);
+        // On tokio's clock, which the waits below run on: a paused test clock may run ahead
+        // of `std::time::Instant`.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         // A change still waiting to be announced is signed and stored now, and handed to the
         // network, which may or may not send it before it stops: peers that miss it get it by
         // anti-entropy when the node runs again.
@@ -1237,12 +1237,12 @@ impl NodeHandle {
             .consumption_announced
             .load(std::sync::atomic::Ordering::Relaxed);
         if changes != announced {
-            let _ = tokio::time::timeout_at(timeouts, shared.refresh_consumption()).await;
+            let _ = tokio::time::timeout_at(deadline, shared.refresh_consumption()).await;
         }
         shared.shutdown.cancel();
         let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         drop(self);
-        if tokio::time::timeout_at(timeouts, async {
+        if tokio::time::timeout_at(deadline, async {
             while tasks.join_next().await.is_some() {}
         })
         .await
@@ -1252,12 +1252,12 @@ impl NodeHandle {
             tasks.abort_all();
         }
         shared.tracker.close();
-        let _ = tokio::time::timeout_at(timeouts, shared.tracker.wait()).await;
+        let _ = tokio::time::timeout_at(deadline, shared.tracker.wait()).await;
         let stopping = shared.clone();
         let _ = crate::node::spawn_blocking(move || stopping.appender.stop()).await;
         // Blocking work already under way (an ingest, a gossip check, a backfill read) holds
         // the state or the store briefly; wait for it, so the store is closed when we return.
-        while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+        while Arc::strong_count(&shared) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let store = match Arc::try_unwrap(shared) {
@@ -1269,7 +1269,7 @@ impl NodeHandle {
                 return;
             }
         };
-        while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
+        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if Arc::strong_count(&store) > 1 {
