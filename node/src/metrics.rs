@@ -35,6 +35,7 @@ pub struct Metrics {
     pub catalog_rejected: Family<ReasonLabel, Counter>,
     pub catalog_equivocations: Counter,
     pub gossip_verdicts_late: Counter,
+    pub catalog_regossiped: Counter,
     pub events_appended: Counter,
     pub events_received: Counter,
     pub events_duplicate: Counter,
@@ -88,6 +89,11 @@ impl Metrics {
             "gossip_verdicts_late",
             "Gossiped entries worth forwarding whose check ended after gossipsub forgot them",
             self.gossip_verdicts_late.clone(),
+        );
+        r.register(
+            "catalog_regossiped",
+            "Catalog entries learned by anti-entropy that this node gossiped on",
+            self.catalog_regossiped.clone(),
         );
         r.register(
             "events_appended",

@@ -236,6 +236,12 @@ pub fn unneeded(
 pub enum Command {
     /// Gossip an encoded catalog entry.
     Gossip { entry: Bytes },
+    /// A catalog sync changed entries that gossip had not brought: this node was cut off from
+    /// part of the network (a partition healed, or it joined or came back). Gossips on
+    /// `regossip`, those entries when they are few (dropped where no peer takes them: they are
+    /// held, and anti-entropy carries them anyway), and looks at once for the peers it could
+    /// not reach, rather than when their lookups' wait runs out.
+    CaughtUp { regossip: Vec<Bytes> },
     /// Verdicts on gossiped messages, after our own checks.
     Validated {
         verdicts: Vec<(MessageId, PeerId, MessageAcceptance)>,
@@ -417,6 +423,19 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Gossip { entry } => self.gossip(entry),
+            Command::CaughtUp { regossip } => {
+                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+                for entry in regossip {
+                    // `Duplicate`: gossip brought it meanwhile, or this node sent it already.
+                    if gossipsub.publish(self.topic.clone(), entry).is_ok() {
+                        self.shared.metrics.catalog_regossiped.inc();
+                    }
+                }
+                self.looked_up.clear();
+                self.dialled_direct.clear();
+                // Subscriptions ask for their owners again (`Command::FindPeer`).
+                self.shared.network_changed();
+            }
             Command::Validated { verdicts } => {
                 let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
                 for (id, source, acceptance) in verdicts {

@@ -97,7 +97,8 @@ pub struct Shared {
     /// Connected peers: the address of the first connection, and the arrival's number (see
     /// [`Shared::arrival_of`]).
     peers: Mutex<BTreeMap<PeerId, (Multiaddr, u64)>>,
-    /// Counts peer arrivals (a first connection to a peer opened), numbering them. A
+    /// Counts peer arrivals (a first connection to a peer opened), numbering them, and other
+    /// changes that may make an unreachable peer reachable ([`Shared::network_changed`]). A
     /// subscription waiting to retry wakes at once when it changes, even if the arrival
     /// happened while it was busy (a `watch` remembers; a `Notify` would only wake tasks
     /// already waiting).
@@ -179,6 +180,13 @@ impl Shared {
         });
         peers.insert(peer, (address, arrival));
         self.metrics.peers_connected.set(peers.len() as i64);
+    }
+
+    /// Wakes what waits for a peer's arrival, as an arrival does: a catalog sync found this
+    /// node cut off from part of the network, so an owner it could not reach may be reachable.
+    /// (The arrival it numbers belongs to no peer; numbers only need to differ.)
+    pub(crate) fn network_changed(&self) {
+        self.peer_joined.send_modify(|n| *n += 1);
     }
 
     pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
@@ -1390,6 +1398,38 @@ pub(crate) mod tests {
             .expect("the wait ends once a has left")
             .unwrap();
         assert!(!b.shared.is_connected(&a_id));
+        b.shutdown().await;
+    }
+
+    /// A catalog sync that brings entries gossip had not tells this node it was cut off, and
+    /// wakes its subscriptions to look for their owners as an arrival does; one that brings
+    /// nothing does not.
+    #[tokio::test]
+    async fn a_sync_that_brings_news_wakes_the_search_for_owners() {
+        let a = memory_node(Vec::new()).await;
+        let b = memory_node(vec![address(&a)]).await;
+        until_connected(&b, a.peer_id(), true).await;
+        // Straight into a's catalog: never gossiped, so b can learn it only by sync.
+        let owner = SecretKey::from_bytes(&[7; 32]);
+        let entry = crate::catalog::tests::entry(&owner, "orders", 1);
+        a.shared.catalog.accept_many([(entry, "test")]).unwrap();
+        let changes = || *b.shared.peer_joined.borrow();
+        let before = changes();
+        let sync = || crate::sync_catalog::sync_with(&b.shared, a.peer_id());
+        assert_eq!(sync().await.expect("sync"), 1, "b learns the entry");
+        until(
+            || changes() == before + 1,
+            "the news wakes b's subscriptions",
+        )
+        .await;
+        assert_eq!(sync().await.expect("sync"), 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            changes(),
+            before + 1,
+            "a sync with nothing new wakes nothing"
+        );
+        a.shutdown().await;
         b.shutdown().await;
     }
 

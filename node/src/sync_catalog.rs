@@ -15,7 +15,7 @@ use mesh_protocol::sync::{BucketResponse, CatalogDigest, CatalogSyncRequest};
 
 use crate::behaviour::CATALOG_SYNC_PROTOCOL;
 use crate::codec::{self, FrameError};
-use crate::network::short;
+use crate::network::{Command, short};
 use crate::node::Shared;
 
 /// Longest wait for the other side's next frame.
@@ -24,6 +24,10 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest bucket response. Entries are at most 60 KiB, so a page holds at least 17 of them.
 const RESPONSE_BYTES_MAX: usize = 1024 * 1024;
+/// Most entries one sync may bring for this node to gossip them on. A sync that brings a few
+/// is a node catching up on recent updates that its neighbours, cut off with it, likely lack
+/// too; one that brings many is a node joining or long away, whose neighbours hold them.
+pub const REGOSSIP_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -57,7 +61,40 @@ pub fn spawn_sync(shared: Arc<Shared>, peer: PeerId) {
 
 /// Pulls from `peer` every entry it holds that this node lacks or holds older. Returns how
 /// many entries changed here.
+///
+/// Entries that changed here had not come by gossip, so this node was cut off from part of the
+/// network: it tells the event loop ([`Command::CaughtUp`]), which looks again at once for the
+/// peers (owners) it could not reach, and, when they are at most [`REGOSSIP_MAX`], gossips
+/// them on as it does an entry it receives by gossip. Without that, an entry learned by sync
+/// goes no further until the next anti-entropy round of each neighbour: after a partition
+/// heals, only the nodes that open a connection across the cut would sync, and their
+/// neighbours would wait a sync interval (IHAVE announces only entries that arrived by
+/// gossip). Neighbours that hold an entry drop the copy before any signature check, and do
+/// not forward it. A sync that fails half-way tells it what the pages before brought.
 pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, SyncError> {
+    let (mut changed, mut news) = (0, Vec::new());
+    let result = pull(shared, peer, &mut changed, &mut news).await;
+    if changed > 0 {
+        if changed > REGOSSIP_MAX {
+            news.clear();
+        }
+        // Fails only while the node shuts down.
+        let _ = shared
+            .commands
+            .send(Command::CaughtUp { regossip: news })
+            .await;
+    }
+    result.map(|()| changed)
+}
+
+/// [`sync_with`]'s exchange. Counts in `changed` the entries that changed here, and keeps the
+/// first [`REGOSSIP_MAX`] of them, encoded, in `news`.
+async fn pull(
+    shared: &Arc<Shared>,
+    peer: PeerId,
+    changed: &mut usize,
+    news: &mut Vec<bytes::Bytes>,
+) -> Result<(), SyncError> {
     let mut control = shared.control.clone();
     let mut stream = tokio::time::timeout(
         OPEN_TIMEOUT,
@@ -76,7 +113,6 @@ pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, Sync
     .map_err(FrameError::from)?;
     let digest = read(&mut stream, config.frame_bytes_max).await?;
     let theirs = CatalogDigest::decode(digest, &config)?;
-    let mut changed = 0;
     for bucket in shared.catalog.differing_buckets(&theirs) {
         loop {
             let request = CatalogSyncRequest::Bucket {
@@ -97,7 +133,15 @@ pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, Sync
             .await
             .map_err(|e| SyncError::Store(e.to_string()))?
             .map_err(|e| SyncError::Store(e.to_string()))?;
-            changed += accepted.changed.len();
+            *changed += accepted.changed.len();
+            let room = REGOSSIP_MAX.saturating_sub(news.len());
+            news.extend(
+                accepted
+                    .changed
+                    .iter()
+                    .take(room)
+                    .map(|e| e.encoded().clone()),
+            );
             // Stop paging when the peer has nothing more, or sends nothing we can use (a peer
             // that keeps answering `more` with rejected entries cannot keep us here).
             if !response.more || accepted.changed.is_empty() {
@@ -106,7 +150,7 @@ pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, Sync
         }
     }
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
-    Ok(changed)
+    Ok(())
 }
 
 async fn read(stream: &mut Stream, max: usize) -> Result<bytes::Bytes, SyncError> {

@@ -68,6 +68,51 @@ async fn an_entry_reaches_every_node_including_late_joiners_and_restarted_ones()
     }
 }
 
+/// B learns an entry by catalog sync with A, which gossip never brought it; C, whose only
+/// peer is B and whose own anti-entropy is an hour away, still gets it at once: B gossips on
+/// what a sync brings, as after a partition heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_learned_by_sync_is_gossiped_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let quiet = |domain: &str, peers| mesh_node::NodeConfig {
+        catalog_sync_interval: hour,
+        ..config(domain, TCP, peers)
+    };
+    let b = start_with(quiet("billing", vec![]), TCP, Arc::new(MemoryStore::new())).await;
+    // One connection at most: C can reach the entry only through B.
+    let c_config = mesh_node::NodeConfig {
+        peers_max: 1,
+        peers_wanted: 1,
+        ..quiet("logistics", vec![addr(&b)])
+    };
+    let c = start_with(c_config, TCP, Arc::new(MemoryStore::new())).await;
+    eventually("C connects to B", || async {
+        c.connected_peers().contains(&b.peer_id())
+    })
+    .await;
+
+    // A publishes while alone, and restarts from its store: it never gossips the entry.
+    let a = sled_node("sales", dir.path(), vec![]).await;
+    let orders = publish(&a, "orders").await;
+    a.shutdown().await;
+    let a = sled_node("sales", dir.path(), vec![addr(&b)]).await;
+    eventually(
+        "B has the entry, by the sync of its new connection",
+        || async { has_entry(&b, &orders) },
+    )
+    .await;
+    eventually("C has the entry, from B's gossip", || async {
+        has_entry(&c, &orders)
+    })
+    .await;
+    assert_eq!(c.connected_peers(), vec![b.peer_id()], "C never met A");
+    assert_eq!(b.metrics().catalog_regossiped.get(), 1);
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_resumes_after_restart_and_backfills_from_another_subscriber() {
     let dir = tempfile::tempdir().unwrap();

@@ -182,6 +182,10 @@ pub struct CatalogReport {
     /// gossipsub, reports written before the count).
     #[serde(default)]
     pub verdicts_late: Option<u64>,
+    /// Entries a node learned by catalog sync and gossiped on (`mesh_catalog_regossiped_total`,
+    /// summed like `verdicts_late`, over the whole run); `None` where not counted.
+    #[serde(default)]
+    pub regossiped: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -460,11 +464,14 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "Entries rejected: {:?}; forged entries accepted: {}; checked too late to forward: {}.\n",
+            "Entries rejected: {:?}; forged entries accepted: {}; checked too late to forward: {}{}.\n",
             c.rejected_by_reason,
             c.forged_entries_accepted,
             c.verdicts_late
-                .map_or("not counted".into(), |n| n.to_string())
+                .map_or("not counted".into(), |n| n.to_string()),
+            c.regossiped.map_or(String::new(), |n| format!(
+                "; learned by catalog sync and gossiped on: {n}"
+            ))
         );
         let e = &self.events;
         let _ = writeln!(m, "## Change events\n");

@@ -1141,7 +1141,7 @@ impl MeshRun {
         let config = mesh_protocol::Config::default();
         let mut forged = 0;
         let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
-        let mut late = 0;
+        let (mut late, mut regossiped) = (0, 0);
         for node in up {
             let Some(h) = self.handle(node).await else {
                 continue;
@@ -1163,14 +1163,17 @@ impl MeshRun {
                 if name == "mesh_catalog_rejected_total" && value > 0.0 {
                     *rejected.entry(reason).or_default() += value as u64;
                 }
-                if name == "mesh_gossip_verdicts_late_total" {
-                    late += value as u64;
+                match name.as_str() {
+                    "mesh_gossip_verdicts_late_total" => late += value as u64,
+                    "mesh_catalog_regossiped_total" => regossiped += value as u64,
+                    _ => {}
                 }
             }
         }
         report.catalog.forged_entries_accepted = forged;
         report.catalog.rejected_by_reason = rejected;
         report.catalog.verdicts_late = Some(late);
+        report.catalog.regossiped = Some(regossiped);
     }
 
     async fn measure_events(&self, report: &mut Report, samples: &mut Samples) {
