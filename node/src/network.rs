@@ -236,11 +236,12 @@ pub fn unneeded(
 pub enum Command {
     /// Gossip an encoded catalog entry.
     Gossip { entry: Bytes },
-    /// A catalog sync changed entries that gossip had not brought: this node was cut off from
-    /// part of the network (a partition healed, or it joined or came back). Gossips on
-    /// `regossip`, those entries when they are few (dropped where no peer takes them: they are
-    /// held, and anti-entropy carries them anyway), and looks at once for the peers it could
-    /// not reach, rather than when their lookups' wait runs out.
+    /// A catalog sync changed entries that gossip had not brought (yet): most often this node
+    /// was cut off from part of the network (a partition healed, or it joined or came back),
+    /// though gossip lagging behind anti-entropy does the same. Gossips on `regossip`, those
+    /// entries when they are few (dropped where no peer takes them: they are held, and
+    /// anti-entropy carries them anyway), and, at most once per `LOOKUP_AGAIN_AFTER`, looks at
+    /// once for the peers it could not reach, rather than when their lookups' wait runs out.
     CaughtUp { regossip: Vec<Bytes> },
     /// Verdicts on gossiped messages, after our own checks.
     Validated {
@@ -359,6 +360,8 @@ pub(crate) struct EventLoop {
     dialled_direct: HashMap<PeerId, Instant>,
     /// Those dials still under way: if one fails, the peer is looked up at once.
     direct_dials: HashMap<ConnectionId, PeerId>,
+    /// When a catalog sync last made this node drop the two waits above (`Command::CaughtUp`).
+    caught_up_at: Option<Instant>,
     /// Dials of this node's own peer rule still under way, to tell its connections from those
     /// a protocol opened (`mesh_connections_opened`).
     own_dials: HashSet<ConnectionId>,
@@ -379,6 +382,7 @@ impl EventLoop {
             looked_up: HashMap::new(),
             dialled_direct: HashMap::new(),
             direct_dials: HashMap::new(),
+            caught_up_at: None,
             own_dials: HashSet::new(),
             shared,
             topic: IdentTopic::new(CATALOG_TOPIC),
@@ -431,10 +435,20 @@ impl EventLoop {
                         self.shared.metrics.catalog_regossiped.inc();
                     }
                 }
-                self.looked_up.clear();
-                self.dialled_direct.clear();
-                // Subscriptions ask for their owners again (`Command::FindPeer`).
-                self.shared.network_changed();
+                // At most once per lookup wait: under load gossip lags behind anti-entropy and
+                // most syncs bring something, and a peer could sign new revisions of its own
+                // products to make every connection's sync do so; neither may turn the waits off.
+                let now = Instant::now();
+                if self
+                    .caught_up_at
+                    .is_none_or(|at| now.duration_since(at) >= LOOKUP_AGAIN_AFTER)
+                {
+                    self.caught_up_at = Some(now);
+                    self.looked_up.clear();
+                    self.dialled_direct.clear();
+                    // Subscriptions ask for their owners again (`Command::FindPeer`).
+                    self.shared.network_changed();
+                }
             }
             Command::Validated { verdicts } => {
                 let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;

@@ -1401,33 +1401,35 @@ pub(crate) mod tests {
         b.shutdown().await;
     }
 
-    /// A catalog sync that brings entries gossip had not tells this node it was cut off, and
-    /// wakes its subscriptions to look for their owners as an arrival does; one that brings
-    /// nothing does not.
+    /// A catalog sync that brings entries gossip had not wakes this node's subscriptions, as an
+    /// arrival does, so that those cut off from their owner ask for it again at once; one that
+    /// brings nothing does not.
     #[tokio::test]
-    async fn a_sync_that_brings_news_wakes_the_search_for_owners() {
+    async fn a_sync_that_brings_news_wakes_the_subscriptions() {
         let a = memory_node(Vec::new()).await;
-        let b = memory_node(vec![address(&a)]).await;
-        until_connected(&b, a.peer_id(), true).await;
-        // Straight into a's catalog: never gossiped, so b can learn it only by sync.
+        // Straight into a's catalog: never gossiped, so b can learn it only by sync (the one
+        // every new connection starts).
         let owner = SecretKey::from_bytes(&[7; 32]);
         let entry = crate::catalog::tests::entry(&owner, "orders", 1);
-        a.shared.catalog.accept_many([(entry, "test")]).unwrap();
-        let changes = || *b.shared.peer_joined.borrow();
-        let before = changes();
-        let sync = || crate::sync_catalog::sync_with(&b.shared, a.peer_id());
-        assert_eq!(sync().await.expect("sync"), 1, "b learns the entry");
+        let accepted = a.shared.catalog.accept_many([(entry, "test")]).unwrap();
+        let product = accepted.changed[0].product().clone();
+        let b = memory_node(vec![address(&a)]).await;
+        let wakes = || *b.shared.peer_joined.borrow();
         until(
-            || changes() == before + 1,
-            "the news wakes b's subscriptions",
+            || b.shared.catalog.get(&product).is_some(),
+            "b syncs the entry from a",
         )
         .await;
-        assert_eq!(sync().await.expect("sync"), 0);
+        // a's arrival, then the news.
+        until(|| wakes() == 2, "the news wakes b's subscriptions").await;
+        let sync = crate::sync_catalog::sync_with(&b.shared, a.peer_id());
+        assert_eq!(sync.await.expect("sync"), 0);
         tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(wakes(), 2, "a sync with nothing new wakes nothing");
         assert_eq!(
-            changes(),
-            before + 1,
-            "a sync with nothing new wakes nothing"
+            *a.shared.peer_joined.borrow(),
+            1,
+            "b's arrival only: a learned nothing"
         );
         a.shutdown().await;
         b.shutdown().await;

@@ -62,10 +62,10 @@ pub fn spawn_sync(shared: Arc<Shared>, peer: PeerId) {
 /// Pulls from `peer` every entry it holds that this node lacks or holds older. Returns how
 /// many entries changed here.
 ///
-/// Entries that changed here had not come by gossip, so this node was cut off from part of the
-/// network: it tells the event loop ([`Command::CaughtUp`]), which looks again at once for the
-/// peers (owners) it could not reach, and, when they are at most [`REGOSSIP_MAX`], gossips
-/// them on as it does an entry it receives by gossip. Without that, an entry learned by sync
+/// Entries that changed here had not come by gossip (yet), most often because this node was
+/// cut off from part of the network: it tells the event loop ([`Command::CaughtUp`]), which
+/// looks again at once for the peers (owners) it could not reach, and, when they are at most
+/// [`REGOSSIP_MAX`], gossips them on as it does an entry it receives by gossip. Without that, an entry learned by sync
 /// goes no further until the next anti-entropy round of each neighbour: after a partition
 /// heals, only the nodes that open a connection across the cut would sync, and their
 /// neighbours would wait a sync interval (IHAVE announces only entries that arrived by

@@ -183,7 +183,8 @@ pub struct CatalogReport {
     #[serde(default)]
     pub verdicts_late: Option<u64>,
     /// Entries a node learned by catalog sync and gossiped on (`mesh_catalog_regossiped_total`,
-    /// summed like `verdicts_late`, over the whole run); `None` where not counted.
+    /// summed like `verdicts_late`: over the nodes up at the end, each since its last start);
+    /// `None` where not counted.
     #[serde(default)]
     pub regossiped: Option<u64>,
 }
