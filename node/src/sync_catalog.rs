@@ -64,13 +64,14 @@ pub fn spawn_sync(shared: Arc<Shared>, peer: PeerId) {
 ///
 /// Entries that changed here had not come by gossip (yet), most often because this node was
 /// cut off from part of the network: it tells the event loop ([`Command::CaughtUp`]), which
-/// looks again at once for the peers (owners) it could not reach, and, when they are at most
-/// [`REGOSSIP_MAX`], gossips them on as it does an entry it receives by gossip. Without that, an entry learned by sync
-/// goes no further until the next anti-entropy round of each neighbour: after a partition
-/// heals, only the nodes that open a connection across the cut would sync, and their
-/// neighbours would wait a sync interval (IHAVE announces only entries that arrived by
-/// gossip). Neighbours that hold an entry drop the copy before any signature check, and do
-/// not forward it. A sync that fails half-way tells it what the pages before brought.
+/// looks again at once (at most once per 5 s) for the peers (owners) it could not reach, and,
+/// when they are at most [`REGOSSIP_MAX`], gossips them on as it does an entry it receives by
+/// gossip. Without that, an entry learned by sync goes no further until the next anti-entropy
+/// round of each neighbour: after a partition heals, only the nodes that open a connection
+/// across the cut would sync, and their neighbours would wait a sync interval (IHAVE announces
+/// only entries that arrived by gossip). Neighbours that hold an entry drop the copy before
+/// any signature check, and do not forward it. A sync that fails half-way tells it what the
+/// pages before brought.
 pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, SyncError> {
     let (mut changed, mut news) = (0, Vec::new());
     let result = pull(shared, peer, &mut changed, &mut news).await;
