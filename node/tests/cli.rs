@@ -30,17 +30,17 @@ fn meshnode(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn write(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("meshnode-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// Writes `text` to `name` in a new temporary directory, removed when the returned guard drops.
+fn write(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 #[test]
 fn check_accepts_a_valid_descriptor() {
-    let path = write("good.yaml", GOOD);
+    let (_dir, path) = write("good.yaml", GOOD);
     let (code, stdout, _) = meshnode(&["check", path.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(
@@ -58,7 +58,7 @@ fn check_accepts_a_valid_descriptor() {
 
 #[test]
 fn check_reports_each_problem_with_file_line_and_field() {
-    let path = write(
+    let (_dir, path) = write(
         "bad.yaml",
         &GOOD
             .replace("1.0.0", "1.0")
