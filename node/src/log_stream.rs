@@ -555,11 +555,10 @@ async fn follow_from(
     accepted: &mut Option<Instant>,
 ) -> Result<(), StreamError> {
     let config = shared.protocol.clone();
-    let mut control = shared.control.clone();
     // Held from before the stream opens: closing the connection as unneeded mid-handshake
     // would leave us waiting out the handshake timeout.
     let _kept = shared.log_stream_with(peer);
-    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LOG_PROTOCOL))
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, shared.open_stream(peer, LOG_PROTOCOL))
         .await
         .map_err(|_| StreamError::Open("timed out".into()))?
         .map_err(|e| match e {

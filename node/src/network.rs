@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 use rand::seq::{IteratorRandom, SliceRandom};
@@ -254,6 +254,9 @@ pub enum Command {
     },
     /// Tell the swarm where a peer can be reached.
     AddAddress { peer: PeerId, address: Multiaddr },
+    /// Dial a peer at the addresses the swarm knows for it, unless it is connected or being
+    /// dialled: a stream is opening to it (`Shared::open_stream`).
+    Connect { peer: PeerId },
     /// Find a peer we are not connected to (a product's owner) through Kademlia, and connect
     /// to it. At most once per `LOOKUP_AGAIN_AFTER` per peer.
     FindPeer { peer: PeerId },
@@ -265,9 +268,73 @@ pub enum Command {
 
 /// Least time between two Kademlia lookups of one peer.
 const LOOKUP_AGAIN_AFTER: Duration = Duration::from_secs(5);
+/// Least time before the next lookup of a peer whose last lookup did not connect it (it was not
+/// found, or the dial to it failed): the peer may be restarting, and its subscribers should not
+/// wait out `LOOKUP_AGAIN_AFTER` for it. Doubles with each failure in a row, up to
+/// `LOOKUP_AGAIN_AFTER`, so a peer gone for good is not looked up more often than before.
+const LOOKUP_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// After dialling a peer at the addresses the routing table held, how long `FindPeer` looks
 /// it up instead (the addresses may be stale).
 const DIRECT_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+/// When `FindPeer` may look each peer up again: `LOOKUP_AGAIN_AFTER` after a lookup starts, or
+/// sooner once it failed (`LOOKUP_AFTER_FAILURE`, doubling with each failure in a row).
+#[derive(Debug, Default)]
+struct LookupWaits {
+    /// Peers not to look up again before the instant given.
+    after: HashMap<PeerId, Instant>,
+    /// Lookups in a row that did not connect a peer, since it was last connected.
+    failures: HashMap<PeerId, u32>,
+}
+
+impl LookupWaits {
+    fn may_look(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.after.retain(|_, after| now < *after);
+        !self.after.contains_key(&peer)
+    }
+
+    /// A lookup of `peer` starts.
+    fn looking(&mut self, peer: PeerId, now: Instant) {
+        self.after.insert(peer, now + LOOKUP_AGAIN_AFTER);
+    }
+
+    /// The lookup of `peer` did not connect it (not found, or the dial failed): the next may
+    /// start sooner.
+    fn failed(&mut self, peer: PeerId, now: Instant) {
+        let failures = self.failures.entry(peer).or_default();
+        let wait = LOOKUP_AFTER_FAILURE
+            .saturating_mul(1 << (*failures).min(8))
+            .min(LOOKUP_AGAIN_AFTER);
+        *failures = failures.saturating_add(1);
+        if let Some(after) = self.after.get_mut(&peer) {
+            *after = (*after).min(now + wait);
+        }
+    }
+
+    fn connected(&mut self, peer: &PeerId) {
+        self.failures.remove(peer);
+    }
+
+    /// `peer` may be looked up at once.
+    fn allow(&mut self, peer: &PeerId) {
+        self.after.remove(peer);
+    }
+
+    /// Every peer may be looked up at once.
+    fn clear(&mut self) {
+        self.after.clear();
+    }
+}
+
+/// How `FindPeer` dialled a peer.
+#[derive(Clone, Copy, Debug)]
+enum FindDial {
+    /// At the addresses the routing table held: if that fails, the peer is looked up at once.
+    Direct,
+    /// At the addresses a lookup found: if that fails, the peer may be looked up again after
+    /// `LOOKUP_AFTER_FAILURE`.
+    Found,
+}
 
 /// A gossiped catalog entry waiting for the node's own checks.
 #[derive(Debug)]
@@ -353,13 +420,14 @@ pub(crate) struct EventLoop {
     checks: mpsc::Sender<GossipCheck>,
     checks_queued: Option<mpsc::Receiver<GossipCheck>>,
     discovery: PeerDiscovery,
-    /// Peers being looked up (`Command::FindPeer`), by query, and when each was last asked for.
+    /// Peers being looked up (`Command::FindPeer`), by query.
     lookups: HashMap<kad::QueryId, PeerId>,
-    looked_up: HashMap<PeerId, Instant>,
+    /// When each peer may be looked up again.
+    lookup_waits: LookupWaits,
     /// Peers `FindPeer` dialled at their routing-table addresses, and when.
     dialled_direct: HashMap<PeerId, Instant>,
-    /// Those dials still under way: if one fails, the peer is looked up at once.
-    direct_dials: HashMap<ConnectionId, PeerId>,
+    /// `FindPeer`'s dials still under way, and what to do if one fails.
+    find_dials: HashMap<ConnectionId, (PeerId, FindDial)>,
     /// When a catalog sync last made this node drop the two waits above (`Command::CaughtUp`).
     caught_up_at: Option<Instant>,
     /// Dials of this node's own peer rule still under way, to tell its connections from those
@@ -379,9 +447,9 @@ impl EventLoop {
             commands,
             discovery: PeerDiscovery::new(shared.config.peers_wanted),
             lookups: HashMap::new(),
-            looked_up: HashMap::new(),
+            lookup_waits: LookupWaits::default(),
             dialled_direct: HashMap::new(),
-            direct_dials: HashMap::new(),
+            find_dials: HashMap::new(),
             caught_up_at: None,
             own_dials: HashSet::new(),
             shared,
@@ -444,7 +512,7 @@ impl EventLoop {
                     .is_none_or(|at| now.duration_since(at) >= LOOKUP_AGAIN_AFTER)
                 {
                     self.caught_up_at = Some(now);
-                    self.looked_up.clear();
+                    self.lookup_waits.clear();
                     self.dialled_direct.clear();
                     // Subscriptions ask for their owners again (`Command::FindPeer`).
                     self.shared.network_changed();
@@ -480,6 +548,19 @@ impl EventLoop {
                 self.swarm.behaviour_mut().kad.add_address(&peer, address);
             }
             Command::FindPeer { peer } => self.find_peer(peer),
+            Command::Connect { peer } => {
+                let opts = DialOpts::peer_id(peer)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                // Not `self.dial`: the connection is a protocol's, as libp2p-stream's own dial
+                // would have made it. Its failure reaches libp2p-stream as a `DialFailure`.
+                match self.swarm.dial(opts) {
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = %short(&peer), "dial failed: {}", dial_error(&e));
+                    }
+                }
+            }
             #[cfg(test)]
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -490,20 +571,19 @@ impl EventLoop {
     /// Connects to `peer`: straight to the addresses Kademlia's routing table holds for it
     /// when there are some and they were not tried in the last [`DIRECT_AGAIN_AFTER`], else
     /// through a lookup (which connects to a few dozen peers on its way; it ends as soon as
-    /// the peer is connected). A direct dial that fails is followed by a lookup at once.
+    /// the peer is connected). A direct dial that fails is followed by a lookup at once; a
+    /// lookup that does not connect the peer allows the next one after `LOOKUP_AFTER_FAILURE`.
     fn find_peer(&mut self, peer: PeerId) {
         let now = Instant::now();
-        self.looked_up
-            .retain(|_, at| now.duration_since(*at) < LOOKUP_AGAIN_AFTER);
         self.dialled_direct
             .retain(|_, at| now.duration_since(*at) < DIRECT_AGAIN_AFTER);
         if self.connected.contains_key(&peer)
-            || self.looked_up.contains_key(&peer)
+            || !self.lookup_waits.may_look(peer, now)
             || self.connected.is_empty()
         {
             return;
         }
-        self.looked_up.insert(peer, now);
+        self.lookup_waits.looking(peer, now);
         if !self.dialled_direct.contains_key(&peer)
             && let Some(addresses) =
                 routing_table_addresses(&mut self.swarm.behaviour_mut().kad, peer)
@@ -513,7 +593,7 @@ impl EventLoop {
             let id = opts.connection_id();
             match self.dial(opts) {
                 Ok(()) => {
-                    self.direct_dials.insert(id, peer);
+                    self.find_dials.insert(id, (peer, FindDial::Direct));
                     return;
                 }
                 // Already being dialled (e.g. by a stream opening to it).
@@ -555,10 +635,26 @@ impl EventLoop {
         }
         if let Some(info) = found.into_iter().find(|p| p.peer_id == target) {
             let opts = DialOpts::peer_id(target).addresses(info.addrs).build();
-            if let Err(e) = self.dial(opts) {
-                tracing::debug!(peer = %short(&target), "dial failed: {}", dial_error(&e));
+            let id = opts.connection_id();
+            match self.dial(opts) {
+                Ok(()) => {
+                    self.find_dials.insert(id, (target, FindDial::Found));
+                }
+                // Already being dialled: that dial decides.
+                Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %short(&target), "dial failed: {}", dial_error(&e));
+                    self.lookup_failed(target);
+                }
             }
+        } else if last && !self.find_dials.values().any(|(peer, _)| *peer == target) {
+            // Not found: it may be restarting, with its new addresses not yet known around.
+            self.lookup_failed(target);
         }
+    }
+
+    fn lookup_failed(&mut self, peer: PeerId) {
+        self.lookup_waits.failed(peer, Instant::now());
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -575,6 +671,7 @@ impl EventLoop {
             } if !self.connected.contains_key(&peer_id) => {
                 self.count_opened(connection_id, &endpoint);
                 self.end_lookups_of(peer_id);
+                self.lookup_waits.connected(&peer_id);
                 self.connected.insert(peer_id, Instant::now());
                 tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = %short(&peer_id), "connected");
                 self.shared
@@ -606,11 +703,16 @@ impl EventLoop {
                 connection_id,
             } => {
                 self.own_dials.remove(&connection_id);
-                if let Some(peer) = self.direct_dials.remove(&connection_id) {
-                    // The routing table's addresses were stale: look the peer up now rather
-                    // than at the next ask.
-                    self.looked_up.remove(&peer);
-                    self.find_peer(peer);
+                match self.find_dials.remove(&connection_id) {
+                    Some((peer, FindDial::Direct)) => {
+                        // The routing table's addresses were stale: look the peer up now
+                        // rather than at the next ask.
+                        self.lookup_waits.allow(&peer);
+                        self.find_peer(peer);
+                    }
+                    // The peer was found but did not answer: it may be restarting.
+                    Some((peer, FindDial::Found)) => self.lookup_failed(peer),
+                    None => {}
                 }
                 tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = ?peer_id.map(|p| short(&p)), connected = self.connected.len(), "dial failed: {}", dial_error(&error));
             }
@@ -692,7 +794,7 @@ impl EventLoop {
     }
 
     fn count_opened(&mut self, id: ConnectionId, endpoint: &libp2p::core::ConnectedPoint) {
-        self.direct_dials.remove(&id);
+        self.find_dials.remove(&id);
         let origin = if !endpoint.is_dialer() {
             "inbound"
         } else if self.own_dials.remove(&id) {
@@ -937,6 +1039,46 @@ mod tests {
             "not short of peers"
         );
         assert!(d.should_dial(a, local, 1, false, now + REDIAL_AFTER));
+    }
+
+    #[test]
+    fn a_failed_lookup_allows_the_next_one_soon_backing_off_to_the_usual_wait() {
+        let mut w = LookupWaits::default();
+        let [a, b] = [PeerId::random(), PeerId::random()];
+        let t0 = Instant::now();
+        assert!(w.may_look(a, t0));
+        w.looking(a, t0);
+        w.looking(b, t0);
+        assert!(!w.may_look(a, t0 + LOOKUP_AFTER_FAILURE));
+        assert!(!w.may_look(b, t0 + LOOKUP_AGAIN_AFTER - Duration::from_millis(1)));
+        assert!(w.may_look(b, t0 + LOOKUP_AGAIN_AFTER));
+        w.looking(a, t0);
+        w.looking(b, t0);
+        // A failure in a row waits 1, 2, 4, then 5 s (the usual wait), not more.
+        let mut t = t0;
+        for wait in [1, 2, 4, 5, 5] {
+            w.failed(a, t);
+            let wait = Duration::from_secs(wait);
+            assert!(!w.may_look(a, t + wait - Duration::from_millis(1)));
+            assert!(w.may_look(a, t + wait), "after {wait:?}");
+            t += wait;
+            w.looking(a, t);
+        }
+        // Once connected, the next failure waits 1 s again.
+        w.connected(&a);
+        w.failed(a, t);
+        assert!(w.may_look(a, t + LOOKUP_AFTER_FAILURE));
+        // A failure never lengthens the wait, nor makes one where there was none.
+        w.looking(a, t);
+        w.failed(a, t + Duration::from_secs(4));
+        assert!(w.may_look(a, t + LOOKUP_AGAIN_AFTER));
+        w.looking(b, t);
+        w.allow(&b);
+        w.failed(b, t);
+        assert!(w.may_look(b, t));
+        w.looking(a, t);
+        w.clear();
+        assert!(w.may_look(a, t));
     }
 
     #[test]

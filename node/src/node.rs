@@ -193,6 +193,33 @@ impl Shared {
         lock(&self.peers).contains_key(peer)
     }
 
+    /// Opens a stream to `peer`, dialling it first if it is not connected.
+    ///
+    /// libp2p-stream dials an unconnected peer itself, but asks the swarm through a channel of
+    /// one slot that the swarm empties when it next runs: of two opens to unconnected peers in
+    /// a row, the second's dial is dropped, and that open waits until something else connects
+    /// the peer (a node that restarted with two subscriptions waited out the 5 s open timeout
+    /// for one of them). So the node dials as well, once libp2p-stream waits for the
+    /// connection: whichever of the two dials runs first, the other finds the peer being
+    /// dialled, and its connection or its failure reaches the waiting open.
+    pub(crate) async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+    ) -> Result<libp2p::Stream, libp2p_stream::OpenStreamError> {
+        let mut control = self.control.clone();
+        let mut open = std::pin::pin!(control.open_stream(peer, protocol));
+        // The first poll registers the open with libp2p-stream, and asks for its dial.
+        if let std::task::Poll::Ready(result) = futures::poll!(open.as_mut()) {
+            return result;
+        }
+        if !self.is_connected(&peer) {
+            // Fails only when the node is stopping, which ends the open too.
+            let _ = self.commands.send(Command::Connect { peer }).await;
+        }
+        open.await
+    }
+
     /// Asks the network to find `peer` through Kademlia and connect to it, if it is not
     /// connected. Never waits: when the command queue is full, the next ask will do.
     pub(crate) fn find_peer(&self, peer: PeerId) {
@@ -1399,6 +1426,68 @@ pub(crate) mod tests {
             .unwrap();
         assert!(!b.shared.is_connected(&a_id));
         b.shutdown().await;
+    }
+
+    /// Streams opened at once to two peers this node is not connected to both open: through
+    /// libp2p-stream alone the second one's dial is dropped (see `Shared::open_stream`), and
+    /// here nothing else would connect that peer: every node has the one peer it wants, so
+    /// none dials more, `s` does not listen, so none dials it, and Kademlia's dials to the two
+    /// peers are over. (With `open_stream`'s own dial taken out, b's open waits out `WAIT`.)
+    #[tokio::test]
+    async fn streams_opened_at_once_to_unconnected_peers_all_open() {
+        let wanting_one = |peers: Vec<Multiaddr>, listen: bool| {
+            start(NodeOptions {
+                config: NodeConfig {
+                    domain: "test".into(),
+                    listen: if listen {
+                        vec!["/memory/0".parse().unwrap()]
+                    } else {
+                        Vec::new()
+                    },
+                    peers,
+                    peers_wanted: 1,
+                    ..NodeConfig::default()
+                },
+                protocol: mesh_protocol::Config::default(),
+                transport: TransportKind::Memory,
+                store: Arc::new(MemoryStore::new()),
+                key: None,
+            })
+        };
+        let a = wanting_one(Vec::new(), true).await.expect("a starts");
+        let b = wanting_one(vec![address(&a)], true)
+            .await
+            .expect("b starts");
+        let other = memory_node(Vec::new()).await;
+        let s = wanting_one(vec![address(&other)], false)
+            .await
+            .expect("s starts");
+        until_connected(&s, other.peer_id(), true).await;
+        // s learns where a and b are; Kademlia may connect them on its own: those close.
+        for owner in [&a, &b] {
+            let (peer, address) = (owner.peer_id(), owner.listen_addrs()[0].clone());
+            s.command(Command::AddAddress { peer, address })
+                .await
+                .expect("command");
+        }
+        // Kademlia bootstraps 500 ms after peers enter a small routing table, and may dial
+        // them then: past that, nothing dials them unless asked.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for owner in [&a, &b] {
+            s.command(Command::Disconnect {
+                peer: owner.peer_id(),
+            })
+            .await
+            .expect("command");
+            until_connected(&s, owner.peer_id(), false).await;
+        }
+        let open = |peer| tokio::time::timeout(WAIT, s.shared.open_stream(peer, LOG_PROTOCOL));
+        let (to_a, to_b) = tokio::join!(open(a.peer_id()), open(b.peer_id()));
+        to_a.expect("a's stream opens in time").expect("a's stream");
+        to_b.expect("b's stream opens in time").expect("b's stream");
+        for node in [a, b, other, s] {
+            node.shutdown().await;
+        }
     }
 
     /// A catalog sync that brings entries gossip had not wakes this node's subscriptions, as an
