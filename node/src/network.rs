@@ -254,8 +254,8 @@ pub enum Command {
     },
     /// Tell the swarm where a peer can be reached.
     AddAddress { peer: PeerId, address: Multiaddr },
-    /// Dial a peer at the addresses the swarm knows for it, unless it is connected or being
-    /// dialled: a stream is opening to it (`Shared::open_stream`).
+    /// Dial a peer at the addresses the swarm's behaviours know for it, unless it is connected
+    /// or being dialled: a stream is opening to it (`Shared::open_stream`).
     Connect { peer: PeerId },
     /// Find a peer we are not connected to (a product's owner) through Kademlia, and connect
     /// to it. At most once per `LOOKUP_AGAIN_AFTER` per peer.
@@ -654,7 +654,10 @@ impl EventLoop {
     }
 
     fn lookup_failed(&mut self, peer: PeerId) {
-        self.lookup_waits.failed(peer, Instant::now());
+        // A lookup still running for the peer (they can outlast the wait) decides.
+        if !self.lookups.values().any(|p| *p == peer) {
+            self.lookup_waits.failed(peer, Instant::now());
+        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {

@@ -193,15 +193,18 @@ impl Shared {
         lock(&self.peers).contains_key(peer)
     }
 
-    /// Opens a stream to `peer`, dialling it first if it is not connected.
+    /// Opens a stream to `peer`, dialling it if it is not connected.
     ///
     /// libp2p-stream dials an unconnected peer itself, but asks the swarm through a channel of
     /// one slot that the swarm empties when it next runs: of two opens to unconnected peers in
     /// a row, the second's dial is dropped, and that open waits until something else connects
-    /// the peer (a node that restarted with two subscriptions waited out the 5 s open timeout
-    /// for one of them). So the node dials as well, once libp2p-stream waits for the
-    /// connection: whichever of the two dials runs first, the other finds the peer being
-    /// dialled, and its connection or its failure reaches the waiting open.
+    /// the peer or its caller's timeout runs out (a node restarting with several
+    /// subscriptions opens them all at once). So the node dials as well, once libp2p-stream
+    /// waits for the connection: whichever of the two dials runs first, the other finds the
+    /// peer being dialled, and its connection or its failure reaches the waiting open. (One
+    /// gap is left inside libp2p-stream: an open made while a new connection to the peer is
+    /// being set up, after the pending opens were handed to it and before libp2p-stream counts
+    /// it, waits for a dial that never comes, until the caller's timeout.)
     pub(crate) async fn open_stream(
         &self,
         peer: PeerId,
@@ -213,10 +216,11 @@ impl Shared {
         if let std::task::Poll::Ready(result) = futures::poll!(open.as_mut()) {
             return result;
         }
-        if !self.is_connected(&peer) {
-            // Fails only when the node is stopping, which ends the open too.
-            let _ = self.commands.send(Command::Connect { peer }).await;
-        }
+        // Whether or not the peer looks connected here: when a connection closes,
+        // libp2p-stream forgets it a moment before this node does. The dial is a no-op when
+        // the peer is connected or being dialled. Waits only while the command queue is full
+        // (the caller's timeout bounds it), and fails only once the event loop has stopped.
+        let _ = self.commands.send(Command::Connect { peer }).await;
         open.await
     }
 

@@ -96,10 +96,9 @@ async fn pull(
     changed: &mut usize,
     news: &mut Vec<bytes::Bytes>,
 ) -> Result<(), SyncError> {
-    let mut control = shared.control.clone();
     let mut stream = tokio::time::timeout(
         OPEN_TIMEOUT,
-        control.open_stream(peer, CATALOG_SYNC_PROTOCOL),
+        shared.open_stream(peer, CATALOG_SYNC_PROTOCOL),
     )
     .await
     .map_err(|_| SyncError::Open("timed out".into()))?
