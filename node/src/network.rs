@@ -268,8 +268,8 @@ pub enum Command {
 
 /// Least time between two Kademlia lookups of one peer.
 const LOOKUP_AGAIN_AFTER: Duration = Duration::from_secs(5);
-/// Least time before the next lookup of a peer whose last lookup did not connect it (it was not
-/// found, or the dial to it failed): the peer may be restarting, and its subscribers should not
+/// Least time before the next lookup of a peer whose last lookup did not find it: the peer may
+/// be restarting, with its new addresses not yet known around, and its subscribers should not
 /// wait out `LOOKUP_AGAIN_AFTER` for it. Doubles with each failure in a row, up to
 /// `LOOKUP_AGAIN_AFTER`, so a peer gone for good is not looked up more often than before.
 const LOOKUP_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -298,8 +298,7 @@ impl LookupWaits {
         self.after.insert(peer, now + LOOKUP_AGAIN_AFTER);
     }
 
-    /// The lookup of `peer` did not connect it (not found, or the dial failed): the next may
-    /// start sooner.
+    /// The lookup of `peer` did not find it: the next may start sooner.
     fn failed(&mut self, peer: PeerId, now: Instant) {
         let failures = self.failures.entry(peer).or_default();
         let wait = LOOKUP_AFTER_FAILURE
@@ -324,16 +323,6 @@ impl LookupWaits {
     fn clear(&mut self) {
         self.after.clear();
     }
-}
-
-/// How `FindPeer` dialled a peer.
-#[derive(Clone, Copy, Debug)]
-enum FindDial {
-    /// At the addresses the routing table held: if that fails, the peer is looked up at once.
-    Direct,
-    /// At the addresses a lookup found: if that fails, the peer may be looked up again after
-    /// `LOOKUP_AFTER_FAILURE`.
-    Found,
 }
 
 /// A gossiped catalog entry waiting for the node's own checks.
@@ -426,8 +415,8 @@ pub(crate) struct EventLoop {
     lookup_waits: LookupWaits,
     /// Peers `FindPeer` dialled at their routing-table addresses, and when.
     dialled_direct: HashMap<PeerId, Instant>,
-    /// `FindPeer`'s dials still under way, and what to do if one fails.
-    find_dials: HashMap<ConnectionId, (PeerId, FindDial)>,
+    /// Those dials still under way: if one fails, the peer is looked up at once.
+    direct_dials: HashMap<ConnectionId, PeerId>,
     /// When a catalog sync last made this node drop the two waits above (`Command::CaughtUp`).
     caught_up_at: Option<Instant>,
     /// Dials of this node's own peer rule still under way, to tell its connections from those
@@ -449,7 +438,7 @@ impl EventLoop {
             lookups: HashMap::new(),
             lookup_waits: LookupWaits::default(),
             dialled_direct: HashMap::new(),
-            find_dials: HashMap::new(),
+            direct_dials: HashMap::new(),
             caught_up_at: None,
             own_dials: HashSet::new(),
             shared,
@@ -572,7 +561,7 @@ impl EventLoop {
     /// when there are some and they were not tried in the last [`DIRECT_AGAIN_AFTER`], else
     /// through a lookup (which connects to a few dozen peers on its way; it ends as soon as
     /// the peer is connected). A direct dial that fails is followed by a lookup at once; a
-    /// lookup that does not connect the peer allows the next one after `LOOKUP_AFTER_FAILURE`.
+    /// lookup that does not find the peer allows the next one after `LOOKUP_AFTER_FAILURE`.
     fn find_peer(&mut self, peer: PeerId) {
         let now = Instant::now();
         self.dialled_direct
@@ -593,7 +582,7 @@ impl EventLoop {
             let id = opts.connection_id();
             match self.dial(opts) {
                 Ok(()) => {
-                    self.find_dials.insert(id, (peer, FindDial::Direct));
+                    self.direct_dials.insert(id, peer);
                     return;
                 }
                 // Already being dialled (e.g. by a stream opening to it).
@@ -633,30 +622,18 @@ impl EventLoop {
         if self.connected.contains_key(&target) {
             return;
         }
+        // Kademlia reports only peers that answered, so a found target was most likely
+        // connected already, which ends its lookup (`end_lookups_of`); this dial covers the
+        // rest.
         if let Some(info) = found.into_iter().find(|p| p.peer_id == target) {
             let opts = DialOpts::peer_id(target).addresses(info.addrs).build();
-            let id = opts.connection_id();
-            match self.dial(opts) {
-                Ok(()) => {
-                    self.find_dials.insert(id, (target, FindDial::Found));
-                }
-                // Already being dialled: that dial decides.
-                Err(DialError::DialPeerConditionFalse(_)) => {}
-                Err(e) => {
-                    tracing::debug!(peer = %short(&target), "dial failed: {}", dial_error(&e));
-                    self.lookup_failed(target);
-                }
+            if let Err(e) = self.dial(opts) {
+                tracing::debug!(peer = %short(&target), "dial failed: {}", dial_error(&e));
             }
-        } else if last && !self.find_dials.values().any(|(peer, _)| *peer == target) {
-            // Not found: it may be restarting, with its new addresses not yet known around.
-            self.lookup_failed(target);
-        }
-    }
-
-    fn lookup_failed(&mut self, peer: PeerId) {
-        // A lookup still running for the peer (they can outlast the wait) decides.
-        if !self.lookups.values().any(|p| *p == peer) {
-            self.lookup_waits.failed(peer, Instant::now());
+        } else if last && !self.lookups.values().any(|p| *p == target) {
+            // Not found (it may be restarting, with its new addresses not yet known around),
+            // and no other lookup of it still runs (lookups can outlast the wait).
+            self.lookup_waits.failed(target, Instant::now());
         }
     }
 
@@ -706,16 +683,11 @@ impl EventLoop {
                 connection_id,
             } => {
                 self.own_dials.remove(&connection_id);
-                match self.find_dials.remove(&connection_id) {
-                    Some((peer, FindDial::Direct)) => {
-                        // The routing table's addresses were stale: look the peer up now
-                        // rather than at the next ask.
-                        self.lookup_waits.allow(&peer);
-                        self.find_peer(peer);
-                    }
-                    // The peer was found but did not answer: it may be restarting.
-                    Some((peer, FindDial::Found)) => self.lookup_failed(peer),
-                    None => {}
+                if let Some(peer) = self.direct_dials.remove(&connection_id) {
+                    // The routing table's addresses were stale: look the peer up now rather
+                    // than at the next ask.
+                    self.lookup_waits.allow(&peer);
+                    self.find_peer(peer);
                 }
                 tracing::debug!(local = %short(self.swarm.local_peer_id()), peer = ?peer_id.map(|p| short(&p)), connected = self.connected.len(), "dial failed: {}", dial_error(&error));
             }
@@ -797,7 +769,7 @@ impl EventLoop {
     }
 
     fn count_opened(&mut self, id: ConnectionId, endpoint: &libp2p::core::ConnectedPoint) {
-        self.find_dials.remove(&id);
+        self.direct_dials.remove(&id);
         let origin = if !endpoint.is_dialer() {
             "inbound"
         } else if self.own_dials.remove(&id) {
