@@ -171,7 +171,7 @@ fn catalog(c: &mut Criterion) {
     g.bench_function("decode_verify_one", |b| {
         b.iter(|| VerifiedCatalogEntry::decode_and_verify(black_box(encoded[0].clone()), &config))
     });
-    for batch in [16usize, 64, 256] {
+    for batch in [1usize, 2, 16, 64, 256] {
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("decode_verify_batch{batch}"), |b| {
             b.iter_batched(

@@ -91,10 +91,14 @@ pub(crate) fn verify(key: &VerifyingPoint, message: &[u8], signature: &Signature
 
 /// Checks many signatures at once: `true` iff every one of them is valid (see the module
 /// documentation for the probability bound). Terms of one key are merged, so a batch from one
-/// log costs one point per signature plus one.
+/// log costs one point per signature plus one. A batch of one is checked alone: the same
+/// equation without the coefficient, and with the basepoint's precomputed table, so about a
+/// fifth cheaper (`catalog/decode_verify_batch1` against `catalog/decode_verify_one`).
 pub(crate) fn verify_batch(items: &[(&VerifyingPoint, &[u8], &Signature)]) -> bool {
-    if items.is_empty() {
-        return true;
+    match items {
+        [] => return true,
+        [(key, message, signature)] => return verify(key, message, signature),
+        _ => {}
     }
     let mut all = Vec::with_capacity(items.len());
     for (key, message, signature) in items {
