@@ -14,18 +14,34 @@ fn framed_buffers_start_empty() {
 
 #[test]
 fn every_asynchronous_codec_in_the_lock_file_is_the_patched_one() {
-    let lock = include_str!("../../Cargo.lock");
-    let packages: Vec<&str> = lock
-        .split("[[package]]")
-        .filter(|p| p.contains("\nname = \"asynchronous-codec\"\n"))
+    let lock = include_str!("../../Cargo.lock").replace("\r\n", "\n");
+    // Tables of the lock file: `[[package]]`, and `[[patch.unused]]` for a patch that
+    // resolved nothing.
+    let tables: Vec<&str> = lock.split("\n[[").collect();
+    let unused = tables.iter().any(|t| {
+        t.starts_with("patch.unused]]") && t.contains("\nname = \"asynchronous-codec\"\n")
+    });
+    assert!(
+        !unused,
+        "the asynchronous-codec patch is unused: it no longer matches the version libp2p asks for"
+    );
+    let packages: Vec<&str> = tables
+        .into_iter()
+        .filter(|t| t.starts_with("package]]") && t.contains("\nname = \"asynchronous-codec\"\n"))
         .collect();
     assert_eq!(
         packages.len(),
         1,
-        "asynchronous-codec resolved {} times",
+        "asynchronous-codec resolved {} times: {packages:?}",
         packages.len()
     );
-    // A path dependency has no `source` line; the published crate's says crates.io.
+    // The patch is of 0.7.0; a path dependency has no `source` line, the published crate's
+    // says crates.io.
+    assert!(
+        packages[0].contains("\nversion = \"0.7.0\"\n"),
+        "{}",
+        packages[0]
+    );
     assert!(
         !packages[0].contains("\nsource = "),
         "asynchronous-codec is not the patched path crate: {}",
