@@ -283,7 +283,14 @@ impl SearchIndex {
     /// Searches wait until the batch is committed: it is applied under the lock, a chunk at a
     /// time so that a rebuild never holds the whole catalog analyzed at once, and without
     /// pending terms, since no search can see it before its commit.
+    ///
+    /// Nothing to add opens no writer: a node starting with an empty catalog would otherwise
+    /// open one (its ~2.4 MiB document channel and threads) for an empty commit, all at once
+    /// when many nodes start in one process (SIMULATIONS.md, finding 22).
     pub fn upsert_many(&self, entries: &[VerifiedCatalogEntry]) -> Result<(), SearchError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut state = self.state.write().map_err(|_| SearchError::Poisoned)?;
         let writer = state.open_writer()?;
         for chunk in entries.chunks(BATCH_CHUNK) {
@@ -1809,6 +1816,23 @@ mod tests {
         let index = SearchIndex::new().unwrap();
         index.upsert_many(entries).unwrap();
         index
+    }
+
+    #[test]
+    fn adding_nothing_opens_no_writer() {
+        let index = SearchIndex::new().unwrap();
+        index.upsert_many(&[]).unwrap();
+        assert!(
+            index.state.read().unwrap().closing.is_none(),
+            "an empty batch opened a writer and committed"
+        );
+        // A batch with an entry commits; its writer finishes on a thread of its own.
+        let k = key(1);
+        index
+            .upsert_many(&[entry(&k, 1, &spec("orders", "sales", "Orders.", &[]))])
+            .unwrap();
+        assert!(index.state.read().unwrap().closing.is_some());
+        assert_eq!(names(&index.search(&query("orders")).unwrap()), ["orders"]);
     }
 
     #[test]
