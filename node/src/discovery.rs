@@ -289,13 +289,15 @@ async fn serve_one(shared: &Arc<Shared>, mut stream: Stream) -> Result<(), Disco
     Ok(())
 }
 
-/// Asks `peer` over an open libp2p `control`.
-pub async fn query(
-    control: &mut libp2p_stream::Control,
-    peer: PeerId,
+/// Opens a `/mesh/search/1` stream with `open` (bounded by [`TIMEOUT`]) and asks `request`.
+pub(crate) async fn query<F>(
+    open: F,
     request: &SearchRequest,
-) -> Result<SearchResponse, DiscoveryError> {
-    let mut stream = tokio::time::timeout(TIMEOUT, control.open_stream(peer, SEARCH_PROTOCOL))
+) -> Result<SearchResponse, DiscoveryError>
+where
+    F: std::future::Future<Output = Result<Stream, libp2p_stream::OpenStreamError>>,
+{
+    let mut stream = tokio::time::timeout(TIMEOUT, open)
         .await
         .map_err(|_| DiscoveryError::Open("timed out".into()))?
         .map_err(|e| DiscoveryError::Open(e.to_string()))?;
@@ -357,7 +359,7 @@ pub async fn query_address(
             swarm.select_next_some().await;
         }
     });
-    let result = query(&mut control, peer, request).await;
+    let result = query(control.open_stream(peer, SEARCH_PROTOCOL), request).await;
     driver.abort();
     result
 }

@@ -972,14 +972,18 @@ impl NodeHandle {
             .map_err(NodeError::BadRequest)
     }
 
-    /// Asks a connected peer's index over `/mesh/search/1`.
+    /// Asks `peer`'s index over `/mesh/search/1`. A peer that is not connected is dialled at
+    /// the addresses this node knows for it, or looked up through Kademlia.
     pub async fn search_peer(
         &self,
         peer: PeerId,
         request: &crate::search::SearchRequest,
     ) -> Result<crate::search::SearchResponse, NodeError> {
-        let mut control = self.shared.control.clone();
-        crate::discovery::query(&mut control, peer, request)
+        self.shared.find_peer(peer);
+        let open = self
+            .shared
+            .open_stream(peer, crate::discovery::SEARCH_PROTOCOL);
+        crate::discovery::query(open, request)
             .await
             .map_err(|e| NodeError::BadRequest(e.to_string()))
     }
@@ -1437,8 +1441,9 @@ pub(crate) mod tests {
     /// here nothing else would connect that peer: every node has the one peer it wants, so
     /// none dials more, `s` does not listen, so none dials it, and Kademlia's dials to the two
     /// peers are over. (With `open_stream`'s own dial taken out, b's open waits out `WAIT`.)
-    #[tokio::test]
-    async fn streams_opened_at_once_to_unconnected_peers_all_open() {
+    /// Two nodes, `a` and `b`, whose addresses a third, `s`, knows without a connection to
+    /// either, and `other`, the one peer `s` keeps (nodes wanting one peer each).
+    async fn known_but_unconnected() -> (NodeHandle, NodeHandle, NodeHandle, NodeHandle) {
         let wanting_one = |peers: Vec<Multiaddr>, listen: bool| {
             start(NodeOptions {
                 config: NodeConfig {
@@ -1485,10 +1490,42 @@ pub(crate) mod tests {
             .expect("command");
             until_connected(&s, owner.peer_id(), false).await;
         }
+        (a, b, other, s)
+    }
+
+    #[tokio::test]
+    async fn streams_opened_at_once_to_unconnected_peers_all_open() {
+        let (a, b, other, s) = known_but_unconnected().await;
         let open = |peer| tokio::time::timeout(WAIT, s.shared.open_stream(peer, LOG_PROTOCOL));
         let (to_a, to_b) = tokio::join!(open(a.peer_id()), open(b.peer_id()));
         to_a.expect("a's stream opens in time").expect("a's stream");
         to_b.expect("b's stream opens in time").expect("b's stream");
+        for node in [a, b, other, s] {
+            node.shutdown().await;
+        }
+    }
+
+    /// `search_peer` reaches peers it is not connected to, two at once (libp2p-stream alone
+    /// drops the second one's dial, `Shared::open_stream`).
+    #[tokio::test]
+    async fn searches_reach_unconnected_peers() {
+        let (a, b, other, s) = known_but_unconnected().await;
+        let request = crate::search::SearchRequest {
+            query: String::new(),
+            domain: None,
+            owner: None,
+            tag: None,
+            pii: None,
+            version: None,
+            limit: 10,
+            offset: 0,
+        };
+        let search = |peer| tokio::time::timeout(WAIT, s.search_peer(peer, &request));
+        let (from_a, from_b) = tokio::join!(search(a.peer_id()), search(b.peer_id()));
+        for answer in [from_a, from_b] {
+            let response = answer.expect("answered in time").expect("answered");
+            assert_eq!(response.total, 0, "{response:?}");
+        }
         for node in [a, b, other, s] {
             node.shutdown().await;
         }

@@ -121,12 +121,8 @@ async fn a_product_published_at_one_node_is_found_by_asking_another() {
         domain: Some(domain.to_owned()),
         ..query("orders")
     };
-    // B asks C too: B knows C only once its peer rule has connected them (both started
-    // with A alone), which a loaded machine may not have done yet.
-    eventually("b is connected to c", || async {
-        b.connected_peers().contains(&c.peer_id())
-    })
-    .await;
+    // B asks C too, connected or not yet (both started with A alone): B dials C, or looks it
+    // up through A.
     let billing = b
         .search_peer(c.peer_id(), &by_domain("billing"))
         .await
