@@ -276,6 +276,10 @@ const LOOKUP_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// After dialling a peer at the addresses the routing table held, how long `FindPeer` looks
 /// it up instead (the addresses may be stale).
 const DIRECT_AGAIN_AFTER: Duration = Duration::from_secs(30);
+/// How long a peer's run of failed lookups is remembered after the last one failed: a peer
+/// this node stopped looking for is forgotten, and one looked up long after starts again at
+/// `LOOKUP_AFTER_FAILURE`.
+const FAILURES_KEPT: Duration = Duration::from_secs(60);
 
 /// When `FindPeer` may look each peer up again: `LOOKUP_AGAIN_AFTER` after a lookup starts, or
 /// sooner once it failed (`LOOKUP_AFTER_FAILURE`, doubling with each failure in a row).
@@ -283,13 +287,16 @@ const DIRECT_AGAIN_AFTER: Duration = Duration::from_secs(30);
 struct LookupWaits {
     /// Peers not to look up again before the instant given.
     after: HashMap<PeerId, Instant>,
-    /// Lookups in a row that did not connect a peer, since it was last connected.
-    failures: HashMap<PeerId, u32>,
+    /// Lookups in a row that did not connect a peer, since it was last connected, and when
+    /// the last one failed (kept for [`FAILURES_KEPT`]).
+    failures: HashMap<PeerId, (u32, Instant)>,
 }
 
 impl LookupWaits {
     fn may_look(&mut self, peer: PeerId, now: Instant) -> bool {
         self.after.retain(|_, after| now < *after);
+        self.failures
+            .retain(|_, (_, failed)| now.saturating_duration_since(*failed) < FAILURES_KEPT);
         !self.after.contains_key(&peer)
     }
 
@@ -300,11 +307,12 @@ impl LookupWaits {
 
     /// The lookup of `peer` did not find it: the next may start sooner.
     fn failed(&mut self, peer: PeerId, now: Instant) {
-        let failures = self.failures.entry(peer).or_default();
+        let (failures, failed) = self.failures.entry(peer).or_insert((0, now));
         let wait = LOOKUP_AFTER_FAILURE
             .saturating_mul(1 << (*failures).min(8))
             .min(LOOKUP_AGAIN_AFTER);
         *failures = failures.saturating_add(1);
+        *failed = now;
         if let Some(after) = self.after.get_mut(&peer) {
             *after = (*after).min(now + wait);
         }
@@ -1054,6 +1062,33 @@ mod tests {
         w.looking(a, t);
         w.clear();
         assert!(w.may_look(a, t));
+    }
+
+    #[test]
+    fn failed_lookups_are_forgotten_after_a_while() {
+        let mut w = LookupWaits::default();
+        let [a, b] = [PeerId::random(), PeerId::random()];
+        let t0 = Instant::now();
+        for t in [
+            t0,
+            t0 + Duration::from_secs(5),
+            t0 + Duration::from_secs(10),
+        ] {
+            w.looking(a, t);
+            w.failed(a, t);
+        }
+        let last = t0 + Duration::from_secs(10);
+        w.looking(b, last);
+        w.failed(b, last);
+        assert!(w.may_look(a, last + FAILURES_KEPT - Duration::from_millis(1)));
+        assert_eq!(w.failures.len(), 2, "kept while recent");
+        // Gone from memory, and the next failure of `a` waits the shortest time again.
+        assert!(w.may_look(a, last + FAILURES_KEPT));
+        assert!(w.failures.is_empty());
+        let t = last + FAILURES_KEPT;
+        w.looking(a, t);
+        w.failed(a, t);
+        assert!(w.may_look(a, t + LOOKUP_AFTER_FAILURE));
     }
 
     #[test]
