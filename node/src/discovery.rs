@@ -20,7 +20,7 @@ use crate::catalog::Catalog;
 use crate::codec::{self, FrameError};
 use crate::lineage::LineageGraph;
 use crate::node::Shared;
-use crate::search::{SearchIndex, SearchRequest, SearchResponse};
+use crate::search::{Applied, SearchIndex, SearchRequest, SearchResponse};
 
 /// One request frame (JSON `SearchRequest`), one reply frame (JSON `SearchReply`).
 pub const SEARCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mesh/search/1");
@@ -30,6 +30,9 @@ pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 pub const REPLY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Longest wait for the other side, per frame and to open a stream.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The most catalog changes the index follower applies on the async runtime; more go to the
+/// blocking pool (analyzing one entry takes tens of microseconds).
+const APPLY_HERE_MAX: usize = 32;
 /// Most peers' queries answered at once; more are told the node is busy. A query over a large
 /// catalog takes a few milliseconds of one core and a scratch buffer per product.
 const SEARCHES_IN_FLIGHT_MAX: usize = 4;
@@ -104,6 +107,24 @@ impl Discovery {
             }
         }
         self.apply_holders(&current);
+    }
+
+    /// [`apply_changes`](Self::apply_changes) without waiting, for the follower on the async
+    /// runtime: [`Applied::Busy`] applies nothing, and [`Applied::CommitDue`] leaves the
+    /// index's commit to the caller, off the runtime.
+    pub fn try_apply_changes(&self, catalog: &Catalog, products: &[ProductId]) -> Applied {
+        let current: Vec<VerifiedCatalogEntry> =
+            products.iter().filter_map(|p| catalog.get(p)).collect();
+        let applied = match self.index.try_upsert(&current) {
+            Ok(Applied::Busy) => return Applied::Busy,
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::warn!("search index update failed: {e}");
+                Applied::Done
+            }
+        };
+        self.apply_holders(&current);
+        applied
     }
 
     /// Takes in the whole catalog, as at start or after the change feed lagged.
@@ -203,6 +224,7 @@ pub async fn follow_catalog(
             crate::node::spawn_blocking(move || shared.discovery.apply_all(&shared.catalog)).await;
     };
     rebuild(shared.clone()).await;
+    let store_waits = shared.store.waits_on_disk();
     loop {
         let first = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -227,9 +249,26 @@ pub async fn follow_catalog(
                 }
                 batch.sort();
                 batch.dedup();
+                // With a store in memory, whose writers hold the catalog's lock only briefly,
+                // a few changes go in here, at once: waking the blocking pool for each cost a
+                // simulation's nodes about a tenth of their CPU, with the gossip checks
+                // (SIMULATIONS.md, finding 23). Commits, long batches, an index held by a
+                // search, and every batch of a node whose store is on disk go to the pool.
+                let applied = if !store_waits && batch.len() <= APPLY_HERE_MAX {
+                    shared.discovery.try_apply_changes(&shared.catalog, &batch)
+                } else {
+                    Applied::Busy
+                };
+                if applied == Applied::Done {
+                    continue;
+                }
                 let shared = shared.clone();
                 let _ = crate::node::spawn_blocking(move || {
-                    shared.discovery.apply_changes(&shared.catalog, &batch);
+                    if applied == Applied::Busy {
+                        shared.discovery.apply_changes(&shared.catalog, &batch);
+                    } else if let Err(e) = shared.discovery.index.commit_if_due() {
+                        tracing::warn!("search index commit failed: {e}");
+                    }
                 })
                 .await;
             }

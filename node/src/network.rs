@@ -32,6 +32,10 @@ pub const COMMAND_QUEUE: usize = 1024;
 const CHECKS_QUEUED_MAX: usize = 1024;
 /// Most gossiped entries checked in one batch (one signature batch, one store flush).
 const CHECK_BATCH_MAX: usize = 256;
+/// Most gossiped entries checked on the async runtime, when the store never waits on a disk
+/// (`Store::waits_on_disk`): about 50 µs each (decoding, the descriptor rules, a signature).
+/// Larger batches, and every batch for a store on disk, go to the blocking pool.
+const CHECK_HERE_MAX: usize = 32;
 /// Most entries held back while no peer has the catalog topic; anti-entropy covers the rest.
 const UNSENT_MAX: usize = 1024;
 /// How often the node checks whether it needs more peers (and then asks Kademlia for them).
@@ -344,14 +348,21 @@ struct GossipCheck {
 /// Checks gossiped entries off the event loop and reports each verdict back to it. Whatever
 /// queued while one batch was checked is the next batch, so a burst costs one signature batch
 /// and one store flush per batch, while a lone entry is checked at once.
+///
+/// A batch goes to the blocking pool when the store may wait on a disk or the batch is long.
+/// Otherwise it is checked here: with a store in memory, waking a pool thread and this task
+/// again cost more than a short check, and a simulation's nodes spent about a tenth of their
+/// CPU on it (SIMULATIONS.md, finding 23).
 async fn check_gossip(shared: Arc<Shared>, mut queued: mpsc::Receiver<GossipCheck>) {
     let mut batch = Vec::with_capacity(CHECK_BATCH_MAX);
+    let store_waits = shared.store.waits_on_disk();
     while queued.recv_many(&mut batch, CHECK_BATCH_MAX).await > 0 {
         let checks = std::mem::take(&mut batch);
         let senders: Vec<(MessageId, PeerId)> =
             checks.iter().map(|c| (c.id.clone(), c.source)).collect();
         let task_shared = shared.clone();
-        let acceptances = crate::node::spawn_blocking(move || {
+        let here = !store_waits && checks.len() <= CHECK_HERE_MAX;
+        let check = move || {
             let peers: Vec<String> = checks.iter().map(|c| short(&c.source)).collect();
             let received = checks
                 .into_iter()
@@ -364,8 +375,16 @@ async fn check_gossip(shared: Arc<Shared>, mut queued: mpsc::Receiver<GossipChec
                     Vec::new()
                 }
             }
-        })
-        .await
+        };
+        // A panic is contained either way: this task must keep checking.
+        let acceptances = if here {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
+                .map_err(|_| "it panicked".to_owned())
+        } else {
+            crate::node::spawn_blocking(check)
+                .await
+                .map_err(|e| e.to_string())
+        }
         .unwrap_or_else(|e| {
             tracing::error!("a gossip check failed: {e}");
             Vec::new()

@@ -67,7 +67,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, TryLockError};
 
 use mesh_protocol::{EntryId, ProductId, ProductName, VerifiedCatalogEntry};
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,18 @@ pub struct FacetCount {
     pub count: usize,
 }
 
+/// What [`SearchIndex::try_upsert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The entries are in, searchable now.
+    Done,
+    /// The entries are in, and a commit is due: [`SearchIndex::commit_if_due`], off the async
+    /// runtime.
+    CommitDue,
+    /// A search or a commit holds the index: nothing was applied.
+    Busy,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
     #[error("query is {len} bytes, over the limit of {max}")]
@@ -270,12 +282,48 @@ impl SearchIndex {
         let prepared = self.prepare(entry);
         let mut state = self.state.write().map_err(|_| SearchError::Poisoned)?;
         state.apply(&self.fields, prepared, true)?;
-        // Re-upserting a pending product replaces it in the pending set but queues a delete and
-        // a document each time: bound the queue too.
-        if state.table.pending.len() >= self.pending_max || state.queued.len() >= self.queued_max {
+        if self.commit_due(&state) {
             state.commit()?;
         }
         Ok(())
+    }
+
+    /// Adds entries as [`upsert`](Self::upsert) does, without ever waiting: for a caller on
+    /// an async runtime, which must not run a commit (milliseconds of tantivy's work) nor wait
+    /// for a search to release the index. When the index is held, nothing is applied
+    /// ([`Applied::Busy`]); when the entries make a commit due, it is left to the caller
+    /// ([`Applied::CommitDue`]).
+    pub fn try_upsert(&self, entries: &[VerifiedCatalogEntry]) -> Result<Applied, SearchError> {
+        let prepared: Vec<_> = entries.iter().map(|e| self.prepare(e)).collect();
+        let mut state = match self.state.try_write() {
+            Ok(state) => state,
+            Err(TryLockError::WouldBlock) => return Ok(Applied::Busy),
+            Err(TryLockError::Poisoned(_)) => return Err(SearchError::Poisoned),
+        };
+        for p in prepared {
+            state.apply(&self.fields, p, true)?;
+        }
+        Ok(if self.commit_due(&state) {
+            Applied::CommitDue
+        } else {
+            Applied::Done
+        })
+    }
+
+    /// Commits if the pending changes have reached the threshold (after
+    /// [`Applied::CommitDue`]); blocks for the commit.
+    pub fn commit_if_due(&self) -> Result<(), SearchError> {
+        let mut state = self.state.write().map_err(|_| SearchError::Poisoned)?;
+        if self.commit_due(&state) {
+            state.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Re-upserting a pending product replaces it in the pending set but queues a delete and
+    /// a document each time: the queue is bounded too.
+    fn commit_due(&self, state: &State) -> bool {
+        state.table.pending.len() >= self.pending_max || state.queued.len() >= self.queued_max
     }
 
     /// Adds many entries with one commit, e.g. to rebuild the index from the catalog.
@@ -1833,6 +1881,55 @@ mod tests {
             .unwrap();
         assert!(index.state.read().unwrap().closing.is_some());
         assert_eq!(names(&index.search(&query("orders")).unwrap()), ["orders"]);
+    }
+
+    #[test]
+    fn try_upsert_never_waits_and_leaves_the_commit_to_its_caller() {
+        let mut index = SearchIndex::new().unwrap();
+        index.pending_max = 2;
+        let k = key(1);
+        let orders = entry(&k, 1, &spec("orders", "sales", "Orders.", &[]));
+        let invoices = entry(&k, 1, &spec("invoices", "billing", "Invoices.", &[]));
+        let refunds = entry(&k, 1, &spec("refunds", "billing", "Refunds.", &[]));
+
+        // In and searchable at once, without a commit.
+        assert_eq!(index.try_upsert(&[orders]).unwrap(), Applied::Done);
+        assert_eq!(names(&index.search(&query("orders")).unwrap()), ["orders"]);
+        assert!(
+            index.state.read().unwrap().closing.is_none(),
+            "no commit yet"
+        );
+
+        // Held by a search: nothing applied, and no wait.
+        {
+            let _searching = index.state.read().unwrap();
+            assert_eq!(
+                index.try_upsert(std::slice::from_ref(&invoices)).unwrap(),
+                Applied::Busy
+            );
+        }
+        assert_eq!(index.len(), 1);
+
+        // At the threshold the commit is due, and left to the caller.
+        assert_eq!(index.try_upsert(&[invoices]).unwrap(), Applied::CommitDue);
+        assert!(
+            index.state.read().unwrap().closing.is_none(),
+            "not committed"
+        );
+        index.commit_if_due().unwrap();
+        let state = index.state.read().unwrap();
+        assert!(state.closing.is_some(), "committed");
+        assert!(state.table.pending.is_empty());
+        drop(state);
+        // Nothing due: no commit.
+        assert_eq!(index.try_upsert(&[refunds]).unwrap(), Applied::Done);
+        index.commit_if_due().unwrap();
+        assert_eq!(index.state.read().unwrap().table.pending.len(), 1);
+        assert_eq!(
+            names(&index.search(&query("billing")).unwrap()).len(),
+            2,
+            "committed and pending entries are both found"
+        );
     }
 
     #[test]

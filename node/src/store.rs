@@ -50,6 +50,13 @@ pub struct StoredHead {
 
 /// What a node stores. All methods are synchronous and may block on disk.
 pub trait Store: Send + Sync + 'static {
+    /// Whether calls may wait on a disk (`true` unless a store says otherwise). The node makes
+    /// short calls to a store that never does on the async runtime, where a hand-off to the
+    /// blocking pool would cost more than the call.
+    fn waits_on_disk(&self) -> bool {
+        true
+    }
+
     /// The node's identity key seed, if one was stored.
     fn identity(&self) -> Result<Option<[u8; 32]>, StoreError>;
     fn set_identity(&self, seed: &[u8; 32]) -> Result<(), StoreError>;

@@ -47,6 +47,9 @@ pub fn tamper(bytes: Bytes) -> Bytes {
 }
 
 impl Store for ForgingStore {
+    fn waits_on_disk(&self) -> bool {
+        self.inner.waits_on_disk()
+    }
     fn log_range(
         &self,
         product: &ProductId,
@@ -120,6 +123,9 @@ impl std::fmt::Debug for Kept {
 }
 
 impl Store for Kept {
+    fn waits_on_disk(&self) -> bool {
+        self.0.waits_on_disk()
+    }
     fn log_range(&self, p: &ProductId, from: u64, limit: usize) -> Result<Vec<Bytes>, StoreError> {
         self.0.log_range(p, from, limit)
     }

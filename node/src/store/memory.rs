@@ -67,6 +67,10 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn waits_on_disk(&self) -> bool {
+        false
+    }
+
     fn identity(&self) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(self.state().identity)
     }

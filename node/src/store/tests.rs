@@ -178,3 +178,14 @@ fn sled_state_survives_reopening() {
     );
     assert_eq!(store.subscriptions().unwrap(), vec![p]);
 }
+
+/// The node makes short calls to a store in memory on the async runtime, and hands every call
+/// to a store on disk to the blocking pool.
+#[test]
+fn only_the_store_in_memory_says_it_never_waits_on_a_disk() {
+    let waits: Vec<(&str, bool)> = stores()
+        .iter()
+        .map(|(name, store, _dir)| (*name, store.waits_on_disk()))
+        .collect();
+    assert_eq!(waits, [("memory", false), ("sled", true)]);
+}
