@@ -140,6 +140,12 @@ impl Catalog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Holds the catalog's lock until the result is dropped, as a writer would.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> impl Sized + '_ {
+        self.inner()
+    }
+
     /// Decodes, verifies and merges received entries, each with the (short) name of the peer
     /// it came from, committing the changed ones with one flush. If that flush fails, the
     /// entries it held are [`Outcome::NotStored`] and nothing changed; an error means the
@@ -274,6 +280,18 @@ impl Catalog {
 
     pub fn get(&self, product: &ProductId) -> Option<VerifiedCatalogEntry> {
         self.inner().entries.get(product).cloned()
+    }
+
+    /// The entries held of `products`, without waiting: `None` while another caller holds the
+    /// catalog (a writer, or a copy of the whole catalog).
+    pub fn try_get_many(&self, products: &[ProductId]) -> Option<Vec<VerifiedCatalogEntry>> {
+        let inner = crate::node::try_lock(&self.inner)?;
+        Some(
+            products
+                .iter()
+                .filter_map(|p| inner.entries.get(p).cloned())
+                .collect(),
+        )
     }
 
     pub fn entries(&self) -> Vec<VerifiedCatalogEntry> {

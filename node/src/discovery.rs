@@ -110,11 +110,16 @@ impl Discovery {
     }
 
     /// [`apply_changes`](Self::apply_changes) without waiting, for the follower on the async
-    /// runtime: [`Applied::Busy`] applies nothing, and [`Applied::CommitDue`] leaves the
-    /// index's commit to the caller, off the runtime.
+    /// runtime: [`Applied::Busy`] applies nothing (the catalog, the lineage graph being built,
+    /// or the index is held), and [`Applied::CommitDue`] leaves the index's commit to the
+    /// caller, off the runtime.
     pub fn try_apply_changes(&self, catalog: &Catalog, products: &[ProductId]) -> Applied {
-        let current: Vec<VerifiedCatalogEntry> =
-            products.iter().filter_map(|p| catalog.get(p)).collect();
+        let Some(current) = catalog.try_get_many(products) else {
+            return Applied::Busy;
+        };
+        let Some(mut graph) = crate::node::try_lock(&self.graph) else {
+            return Applied::Busy;
+        };
         let applied = match self.index.try_upsert(&current) {
             Ok(Applied::Busy) => return Applied::Busy,
             Ok(applied) => applied,
@@ -123,7 +128,9 @@ impl Discovery {
                 Applied::Done
             }
         };
-        self.apply_holders(&current);
+        *graph = None;
+        drop(graph);
+        self.apply_consumers(&current);
         applied
     }
 
@@ -138,6 +145,11 @@ impl Discovery {
 
     fn apply_holders(&self, entries: &[VerifiedCatalogEntry]) {
         *crate::node::lock(&self.graph) = None;
+        self.apply_consumers(entries);
+    }
+
+    /// Who consumes what, as `entries` announce it.
+    fn apply_consumers(&self, entries: &[VerifiedCatalogEntry]) {
         let mut consumers = crate::node::lock(&self.consumers);
         let mut announced = crate::node::lock(&self.announced);
         for entry in entries {
@@ -255,7 +267,14 @@ pub async fn follow_catalog(
                 // (SIMULATIONS.md, finding 23). Commits, long batches, an index held by a
                 // search, and every batch of a node whose store is on disk go to the pool.
                 let applied = if !store_waits && batch.len() <= APPLY_HERE_MAX {
-                    shared.discovery.try_apply_changes(&shared.catalog, &batch)
+                    // A panic here would end the follower; on the pool it ended one batch.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        shared.discovery.try_apply_changes(&shared.catalog, &batch)
+                    }))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("applying catalog changes to the index panicked");
+                        Applied::Busy
+                    })
                 } else {
                     Applied::Busy
                 };
@@ -466,5 +485,58 @@ pub fn health(shared: &Shared, stale_after: Duration) -> DiscoveryHealth {
         stale_after_secs: stale_after.as_secs(),
         stale_owners,
         lineage: shared.discovery.lineage(&shared.catalog).health(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::entry;
+    use crate::metrics::Metrics;
+    use crate::store::MemoryStore;
+    use mesh_protocol::{Config, SecretKey};
+
+    /// The follower's path on the async runtime applies nothing while the catalog, the lineage
+    /// graph or the index is held, and applies the change once none is.
+    #[test]
+    fn changes_tried_here_wait_for_nothing() {
+        let catalog = Catalog::load(
+            Arc::new(MemoryStore::new()),
+            Arc::new(Config::default()),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let owner = SecretKey::from_bytes(&[7; 32]);
+        let accepted = catalog
+            .accept_many([(entry(&owner, "orders", 1), "peer")])
+            .unwrap();
+        let product = accepted.changed[0].product().clone();
+        let discovery = Discovery::new().unwrap();
+        let products = [product.clone()];
+
+        {
+            let _writing = catalog.held();
+            assert_eq!(
+                discovery.try_apply_changes(&catalog, &products),
+                Applied::Busy
+            );
+        }
+        {
+            let _building = discovery.graph.lock().unwrap();
+            assert_eq!(
+                discovery.try_apply_changes(&catalog, &products),
+                Applied::Busy
+            );
+        }
+        assert!(discovery.index.is_empty(), "nothing applied while held");
+
+        // The lineage graph built before the change is dropped with it.
+        let before = discovery.lineage(&catalog);
+        assert_eq!(
+            discovery.try_apply_changes(&catalog, &products),
+            Applied::Done
+        );
+        assert_eq!(discovery.index.len(), 1);
+        assert!(!Arc::ptr_eq(&before, &discovery.lineage(&catalog)));
     }
 }

@@ -166,6 +166,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// [`lock`] without waiting: `None` while someone else holds `m`.
+pub(crate) fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 impl Shared {
     pub(crate) fn listen_addrs_push(&self, address: Multiaddr) {
         lock(&self.listen_addrs).push(address);
@@ -979,10 +988,34 @@ impl NodeHandle {
         peer: PeerId,
         request: &crate::search::SearchRequest,
     ) -> Result<crate::search::SearchResponse, NodeError> {
-        self.shared.find_peer(peer);
-        let open = self
-            .shared
-            .open_stream(peer, crate::discovery::SEARCH_PROTOCOL);
+        let shared = &self.shared;
+        let open = async {
+            let mut arrivals = shared.peer_joined.subscribe();
+            shared.find_peer(peer);
+            let mut failed_connected = false;
+            loop {
+                let e = match shared
+                    .open_stream(peer, crate::discovery::SEARCH_PROTOCOL)
+                    .await
+                {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => e,
+                };
+                if shared.is_connected(&peer) {
+                    // Maybe connected since the open failed: one more try, whose failure is
+                    // the answer.
+                    if failed_connected {
+                        return Err(e);
+                    }
+                    failed_connected = true;
+                } else if arrivals.changed().await.is_err() {
+                    // Not connected: no address known yet, or the dial failed. The lookup may
+                    // connect the peer: this tries again at each arrival, until `query`'s
+                    // timeout.
+                    return Err(e);
+                }
+            }
+        };
         crate::discovery::query(open, request)
             .await
             .map_err(|e| NodeError::BadRequest(e.to_string()))
@@ -1436,33 +1469,31 @@ pub(crate) mod tests {
         b.shutdown().await;
     }
 
-    /// Streams opened at once to two peers this node is not connected to both open: through
-    /// libp2p-stream alone the second one's dial is dropped (see `Shared::open_stream`), and
-    /// here nothing else would connect that peer: every node has the one peer it wants, so
-    /// none dials more, `s` does not listen, so none dials it, and Kademlia's dials to the two
-    /// peers are over. (With `open_stream`'s own dial taken out, b's open waits out `WAIT`.)
+    /// A node on the memory transport that wants one peer, so that it dials no more.
+    async fn wanting_one(peers: Vec<Multiaddr>, listen: bool) -> anyhow::Result<NodeHandle> {
+        start(NodeOptions {
+            config: NodeConfig {
+                domain: "test".into(),
+                listen: if listen {
+                    vec!["/memory/0".parse().unwrap()]
+                } else {
+                    Vec::new()
+                },
+                peers,
+                peers_wanted: 1,
+                ..NodeConfig::default()
+            },
+            protocol: mesh_protocol::Config::default(),
+            transport: TransportKind::Memory,
+            store: Arc::new(MemoryStore::new()),
+            key: None,
+        })
+        .await
+    }
+
     /// Two nodes, `a` and `b`, whose addresses a third, `s`, knows without a connection to
     /// either, and `other`, the one peer `s` keeps (nodes wanting one peer each).
     async fn known_but_unconnected() -> (NodeHandle, NodeHandle, NodeHandle, NodeHandle) {
-        let wanting_one = |peers: Vec<Multiaddr>, listen: bool| {
-            start(NodeOptions {
-                config: NodeConfig {
-                    domain: "test".into(),
-                    listen: if listen {
-                        vec!["/memory/0".parse().unwrap()]
-                    } else {
-                        Vec::new()
-                    },
-                    peers,
-                    peers_wanted: 1,
-                    ..NodeConfig::default()
-                },
-                protocol: mesh_protocol::Config::default(),
-                transport: TransportKind::Memory,
-                store: Arc::new(MemoryStore::new()),
-                key: None,
-            })
-        };
         let a = wanting_one(Vec::new(), true).await.expect("a starts");
         let b = wanting_one(vec![address(&a)], true)
             .await
@@ -1493,6 +1524,11 @@ pub(crate) mod tests {
         (a, b, other, s)
     }
 
+    /// Streams opened at once to two peers this node is not connected to both open: through
+    /// libp2p-stream alone the second one's dial is dropped (see `Shared::open_stream`), and
+    /// here nothing else would connect that peer: every node has the one peer it wants, so
+    /// none dials more, `s` does not listen, so none dials it, and Kademlia's dials to the two
+    /// peers are over. (With `open_stream`'s own dial taken out, b's open waits out `WAIT`.)
     #[tokio::test]
     async fn streams_opened_at_once_to_unconnected_peers_all_open() {
         let (a, b, other, s) = known_but_unconnected().await;
@@ -1505,8 +1541,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// `search_peer` reaches peers it is not connected to, two at once (libp2p-stream alone
-    /// drops the second one's dial, `Shared::open_stream`).
+    /// `search_peer` reaches peers it knows but is not connected to, two at once (a search
+    /// used to open its stream through libp2p-stream alone, and timed out here).
     #[tokio::test]
     async fn searches_reach_unconnected_peers() {
         let (a, b, other, s) = known_but_unconnected().await;
@@ -1527,6 +1563,39 @@ pub(crate) mod tests {
             assert_eq!(response.total, 0, "{response:?}");
         }
         for node in [a, b, other, s] {
+            node.shutdown().await;
+        }
+    }
+
+    /// `search_peer` reaches a peer this node has no address for: Kademlia finds it through
+    /// the one peer both know, and the search waits for the connection (its first open fails
+    /// at once, for want of an address).
+    #[tokio::test]
+    async fn searches_look_up_peers_without_an_address() {
+        let other = wanting_one(Vec::new(), true).await.expect("other starts");
+        let s = wanting_one(vec![address(&other)], false)
+            .await
+            .expect("s starts");
+        until_connected(&s, other.peer_id(), true).await;
+        // a joins once s's start-up lookups are over: s, with the one peer it wants, looks
+        // for no more, so it learns of a only by asking.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let a = wanting_one(vec![address(&other)], true)
+            .await
+            .expect("a starts");
+        until_connected(&a, other.peer_id(), true).await;
+        until_connected(&other, a.peer_id(), true).await;
+        let request = crate::search::SearchRequest {
+            limit: 10,
+            ..crate::search::SearchRequest::default()
+        };
+        let response = tokio::time::timeout(WAIT, s.search_peer(a.peer_id(), &request))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert_eq!(response.total, 0, "{response:?}");
+        assert!(s.shared.is_connected(&a.peer_id()));
+        for node in [a, other, s] {
             node.shutdown().await;
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! Every node holds the whole catalog, so every node can answer "what data is there about X, and
 //! who owns it?" from memory. [`SearchIndex`] is that answer: an in-RAM [tantivy] index, rebuilt
-//! from the catalog on restart and kept current with [`SearchIndex::upsert`] and
-//! [`SearchIndex::remove`] as entries arrive.
+//! from the catalog on restart and kept current with [`SearchIndex::upsert`] (or
+//! [`SearchIndex::try_upsert`], which never waits) and [`SearchIndex::remove`] as entries
+//! arrive.
 //!
 //! # What a query means
 //!
@@ -56,10 +57,12 @@
 //! upsert that returned before it began, never waits for a commit, and gives the same scores
 //! before and after one. The pending set is committed when it reaches [`PENDING_MAX`]
 //! products, less a per-index random quarter at most (so that nodes sharing a machine do not
-//! all commit at once); [`SearchIndex::upsert_many`] (the rebuild on restart) commits once for
-//! its batch. A tantivy writer exists only for a commit: opened for it, and closed on a thread
-//! of its own once the merges it started are done (an open writer holds three threads and
-//! ~2.4 MiB, see `State::commit`).
+//! all commit at once); [`SearchIndex::try_upsert`] applies its whole batch first, so it may
+//! pass that by up to a batch, and leaves the commit to its caller;
+//! [`SearchIndex::upsert_many`] (the rebuild on restart) commits once for its batch. A tantivy
+//! writer exists only for a commit: opened for it, and closed on a thread of its own once the
+//! merges it started are done (an open writer holds three threads and ~2.4 MiB, see
+//! `State::commit`).
 //!
 //! Hits are built from our own table of products, not from tantivy's document store, which
 //! spares a decompression per hit; tantivy documents carry a `slot` that points into the table.
