@@ -264,8 +264,9 @@ pub async fn follow_catalog(
                 // With a store in memory, whose writers hold the catalog's lock only briefly,
                 // a few changes go in here, at once: waking the blocking pool for each cost a
                 // simulation's nodes about a tenth of their CPU, with the gossip checks
-                // (SIMULATIONS.md, finding 23). Commits, long batches, an index held by a
-                // search, and every batch of a node whose store is on disk go to the pool.
+                // (SIMULATIONS.md, finding 23). Commits, long batches, batches that find the
+                // catalog, the lineage graph or the index held, and every batch of a node whose
+                // store is on disk go to the pool.
                 let applied = if !store_waits && batch.len() <= APPLY_HERE_MAX {
                     // A panic here would end the follower; on the pool it ended one batch.
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

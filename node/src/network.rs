@@ -352,7 +352,9 @@ struct GossipCheck {
 /// A batch goes to the blocking pool when the store may wait on a disk or the batch is long.
 /// Otherwise it is checked here: with a store in memory, waking a pool thread and this task
 /// again cost more than a short check, and a simulation's nodes spent about a tenth of their
-/// CPU on it (SIMULATIONS.md, finding 23).
+/// CPU on it (SIMULATIONS.md, finding 23). Such a check may still wait on the catalog's lock
+/// while another caller holds it, which with a store in memory is never for a disk: at most
+/// for a copy of the whole catalog.
 async fn check_gossip(shared: Arc<Shared>, mut queued: mpsc::Receiver<GossipCheck>) {
     let mut batch = Vec::with_capacity(CHECK_BATCH_MAX);
     let store_waits = shared.store.waits_on_disk();
