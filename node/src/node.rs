@@ -1384,20 +1384,26 @@ pub(crate) mod tests {
     const WAIT: Duration = Duration::from_secs(20);
 
     pub(crate) async fn memory_node(peers: Vec<Multiaddr>) -> NodeHandle {
+        start_in_memory(NodeConfig {
+            domain: "test".into(),
+            listen: vec!["/memory/0".parse().unwrap()],
+            peers,
+            ..NodeConfig::default()
+        })
+        .await
+        .expect("node starts")
+    }
+
+    /// A node with `config` on the memory transport and a store in memory.
+    async fn start_in_memory(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         start(NodeOptions {
-            config: NodeConfig {
-                domain: "test".into(),
-                listen: vec!["/memory/0".parse().unwrap()],
-                peers,
-                ..NodeConfig::default()
-            },
+            config,
             protocol: mesh_protocol::Config::default(),
             transport: TransportKind::Memory,
             store: Arc::new(MemoryStore::new()),
             key: None,
         })
         .await
-        .expect("node starts")
     }
 
     /// Publishes a product named `orders` at `node`, which owns it.
@@ -1471,22 +1477,16 @@ pub(crate) mod tests {
 
     /// A node on the memory transport that wants one peer, so that it dials no more.
     async fn wanting_one(peers: Vec<Multiaddr>, listen: bool) -> anyhow::Result<NodeHandle> {
-        start(NodeOptions {
-            config: NodeConfig {
-                domain: "test".into(),
-                listen: if listen {
-                    vec!["/memory/0".parse().unwrap()]
-                } else {
-                    Vec::new()
-                },
-                peers,
-                peers_wanted: 1,
-                ..NodeConfig::default()
+        start_in_memory(NodeConfig {
+            domain: "test".into(),
+            listen: if listen {
+                vec!["/memory/0".parse().unwrap()]
+            } else {
+                Vec::new()
             },
-            protocol: mesh_protocol::Config::default(),
-            transport: TransportKind::Memory,
-            store: Arc::new(MemoryStore::new()),
-            key: None,
+            peers,
+            peers_wanted: 1,
+            ..NodeConfig::default()
         })
         .await
     }
