@@ -119,6 +119,81 @@ impl MeshDegree {
     }
 }
 
+/// Whether gossipsub waits for the node's verdict before it forwards an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validation {
+    /// The node's own: each entry is held until the node has checked it (its signature, its
+    /// rules, whether it is new), and forwarded only if it is valid and new.
+    Checked,
+    /// Forwarded on receipt, unchecked. Only for the simulator's gossip-only baseline, which
+    /// measures what the gossip layer costs with nothing above it.
+    Unchecked,
+}
+
+/// The catalog topic's gossipsub settings, for a mesh of degree `mesh` and entries of at most
+/// `entry_bytes_max` bytes.
+pub fn catalog_gossip_config(
+    mesh: MeshDegree,
+    entry_bytes_max: usize,
+    validation: Validation,
+) -> anyhow::Result<gossipsub::Config> {
+    let mut builder = gossipsub::ConfigBuilder::default();
+    builder
+        // Our payloads carry their own signatures: gossipsub's own signing would be checked
+        // on every copy before de-duplication, doubling the CPU per message.
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        // A message's id is the hash of its content, so copies de-duplicate.
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        })
+        .max_transmit_size(entry_bytes_max + 1024)
+        .heartbeat_interval(Duration::from_millis(700))
+        // Copies: a node forwards each entry to its mesh peers but the sender, so each node
+        // receives about `D - 1` copies. gossipsub's default D of 6 (5 to 12) measured 6.7
+        // to 7.8 copies per delivery in simulations; the catalog has anti-entropy behind
+        // it, so it can afford a thinner mesh (SIMULATIONS.md).
+        .mesh_n(mesh.n)
+        .mesh_n_low(mesh.low)
+        .mesh_n_high(mesh.high)
+        .mesh_outbound_min(mesh.outbound_min)
+        // A publisher sends to its mesh, not to every connected peer (up to `peers_max`
+        // copies of each entry it publishes).
+        .flood_publish(false)
+        // Tell mesh peers at once that we hold a large entry, before our own check, so
+        // copies still on their way are not sent (gossipsub 1.2).
+        .idontwant_message_size_threshold(IDONTWANT_THRESHOLD_BYTES)
+        .idontwant_on_publish(true)
+        // IHAVE: each heartbeat, the ids of the entries validated in the last three
+        // heartbeats go to this many peers outside the mesh (gossipsub's default: 6, or a
+        // quarter of those peers if that is more). Each is an RPC of its own, sent whether
+        // or not the peer lacks anything; with anti-entropy behind the catalog (PROTOCOL.md
+        // §8.7), two are enough (SIMULATIONS.md, finding 17, which also shows what it costs
+        // a partition's heal).
+        .gossip_lazy(IHAVE_PEERS)
+        .gossip_factor(0.0);
+    if validation == Validation::Checked {
+        // We check our signature after de-duplication and report the verdict; with the
+        // peer score, peers that relay invalid entries lose score.
+        builder.validate_messages();
+    }
+    builder
+        .build()
+        .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))
+}
+
+/// The catalog's gossipsub: anonymous messages (our entries carry their owners' signatures)
+/// with `config`, and the catalog topic's peer score.
+pub fn catalog_gossipsub(config: gossipsub::Config) -> anyhow::Result<gossipsub::Behaviour> {
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
+            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    let (score, thresholds) = peer_score();
+    gossipsub
+        .with_peer_score(score, thresholds)
+        .map_err(|e| anyhow::anyhow!("gossipsub peer score: {e}"))?;
+    Ok(gossipsub)
+}
+
 impl Behaviour {
     pub fn new(
         key: &Keypair,
@@ -126,51 +201,11 @@ impl Behaviour {
         protocol: &mesh_protocol::Config,
     ) -> anyhow::Result<Self> {
         let mesh = MeshDegree::new(config.gossip_degree);
-        let gossip_config = gossipsub::ConfigBuilder::default()
-            // Our payloads carry their own signatures: gossipsub's own signing would be checked
-            // on every copy before de-duplication, doubling the CPU per message.
-            .validation_mode(gossipsub::ValidationMode::Anonymous)
-            // A message's id is the hash of its content, so copies de-duplicate.
-            .message_id_fn(|m: &gossipsub::Message| {
-                gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
-            })
-            // We check our signature after de-duplication and report the verdict; with the
-            // peer score below, peers that relay invalid entries lose score.
-            .validate_messages()
-            .max_transmit_size(protocol.catalog_entry_bytes_max + 1024)
-            .heartbeat_interval(Duration::from_millis(700))
-            // Copies: a node forwards each entry to its mesh peers but the sender, so each node
-            // receives about `D - 1` copies. gossipsub's default D of 6 (5 to 12) measured 6.7
-            // to 7.8 copies per delivery in simulations; the catalog has anti-entropy behind
-            // it, so it can afford a thinner mesh (SIMULATIONS.md).
-            .mesh_n(mesh.n)
-            .mesh_n_low(mesh.low)
-            .mesh_n_high(mesh.high)
-            .mesh_outbound_min(mesh.outbound_min)
-            // A publisher sends to its mesh, not to every connected peer (up to `peers_max`
-            // copies of each entry it publishes).
-            .flood_publish(false)
-            // Tell mesh peers at once that we hold a large entry, before our own check, so
-            // copies still on their way are not sent (gossipsub 1.2).
-            .idontwant_message_size_threshold(IDONTWANT_THRESHOLD_BYTES)
-            .idontwant_on_publish(true)
-            // IHAVE: each heartbeat, the ids of the entries validated in the last three
-            // heartbeats go to this many peers outside the mesh (gossipsub's default: 6, or a
-            // quarter of those peers if that is more). Each is an RPC of its own, sent whether
-            // or not the peer lacks anything; with anti-entropy behind the catalog (PROTOCOL.md
-            // §8.7), two are enough (SIMULATIONS.md, finding 17, which also shows what it costs
-            // a partition's heal).
-            .gossip_lazy(IHAVE_PEERS)
-            .gossip_factor(0.0)
-            .build()
-            .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
-        let mut gossipsub =
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
-                .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-        let (score, thresholds) = peer_score();
-        gossipsub
-            .with_peer_score(score, thresholds)
-            .map_err(|e| anyhow::anyhow!("gossipsub peer score: {e}"))?;
+        let gossipsub = catalog_gossipsub(catalog_gossip_config(
+            mesh,
+            protocol.catalog_entry_bytes_max,
+            Validation::Checked,
+        )?)?;
 
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())

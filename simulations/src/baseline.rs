@@ -1,11 +1,14 @@
 //! Swarms the simulator builds itself, on the same simulated network as the nodes:
 //!
-//! - **stock gossipsub**, the baseline the mesh node's catalog gossip is compared with:
-//!   gossipsub with its default configuration (messages signed by their author, the default
-//!   message id, no application validation), identify, and Kademlia with the same discovery
-//!   rule as the node (dial every peer the routing table learns, up to the peer limit). It
-//!   carries the catalog workload only: the same signed entries, at the same times, as the
-//!   mesh run of the same scenario and seed;
+//! - the **gossipsub baselines** the mesh node's catalog gossip is compared with, each with
+//!   identify and Kademlia under the same discovery rule as the node (dial every peer the
+//!   routing table learns, up to the peer limit), carrying the catalog workload only: the same
+//!   signed entries, at the same times, as the mesh run of the same scenario and seed.
+//!   - **stock gossipsub**: its default configuration (messages signed by their author, the
+//!     default message id, no application validation);
+//!   - **node gossipsub**: the node's own gossipsub (`mesh_node::behaviour`: content ids, its
+//!     degree, IHAVE and IDONTWANT settings and peer score), forwarding every entry on
+//!     receipt: the gossip layer under the node, with none of the node's work above it;
 //! - the **rogue** of the `flood` fault: a peer that gossips forged catalog entries.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +22,7 @@ use indicatif::ProgressBar;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, kad};
-use mesh_node::behaviour::{CATALOG_TOPIC, IDENTIFY_PROTOCOL};
+use mesh_node::behaviour::{CATALOG_TOPIC, IDENTIFY_PROTOCOL, MeshDegree, Validation};
 use mesh_node::network::{
     PeerDiscovery, TRIM_INTERVAL, end_bootstraps, look_for_peers, routing_table_peers, unneeded,
 };
@@ -56,23 +59,19 @@ enum Command {
     Peers(oneshot::Sender<usize>),
 }
 
-// The stock swarm and the rogue differ in these settings only; a struct for them would be
-// used twice.
-#[allow(clippy::too_many_arguments)]
+// The baselines' swarms and the rogue differ in these settings only; a struct for them would
+// be used twice.
 fn swarm(
     net: &SimNet,
     endpoint: usize,
     keypair: libp2p::identity::Keypair,
-    config: gossipsub::Config,
-    authenticity: gossipsub::MessageAuthenticity,
+    gossipsub: gossipsub::Behaviour,
     peers_max: usize,
     idle: Duration,
     with_discovery: bool,
 ) -> anyhow::Result<Swarm<StockBehaviour>> {
     let transport = net.boxed_transport(endpoint, &keypair)?;
     let peer_id = keypair.public().to_peer_id();
-    let gossipsub = gossipsub::Behaviour::new(authenticity, config)
-        .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
     let identify = identify::Behaviour::new(identify::Config::new(
         IDENTIFY_PROTOCOL.into(),
         keypair.public(),
@@ -199,8 +198,35 @@ async fn drive(
     }
 }
 
-/// Runs a scenario's catalog workload on stock gossipsub.
-pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Result<Outcome> {
+/// The gossipsub a baseline's swarm runs.
+fn baseline_gossipsub(
+    stack: Stack,
+    scenario: &Scenario,
+    keypair: &libp2p::identity::Keypair,
+) -> anyhow::Result<gossipsub::Behaviour> {
+    match stack {
+        Stack::NodeGossipsub => {
+            mesh_node::behaviour::catalog_gossipsub(mesh_node::behaviour::catalog_gossip_config(
+                MeshDegree::new(scenario.node.gossip_degree),
+                mesh_protocol::Config::default().catalog_entry_bytes_max,
+                Validation::Unchecked,
+            )?)
+        }
+        _ => gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+            gossipsub::Config::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("gossipsub: {e}")),
+    }
+}
+
+/// Runs a scenario's catalog workload on a gossipsub baseline (`stack`: not the mesh).
+pub async fn run(
+    scenario: &Scenario,
+    seed: u64,
+    stack: Stack,
+    bar: ProgressBar,
+) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let plan = Plan::new(scenario, seed);
     let n = plan.nodes;
@@ -232,7 +258,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
     let mut report = Report {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
-        stack: Stack::StockGossipsub.label().into(),
+        stack: stack.label().into(),
         seed,
         plan_fingerprint: plan.fingerprint(),
         nodes: n,
@@ -246,13 +272,12 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
     let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(n);
     for i in 0..n {
         let keypair = libp2p::identity::Keypair::ed25519_from_bytes(plan.keys[i])?;
-        let config = gossipsub::Config::default();
+        let gossipsub = baseline_gossipsub(stack, scenario, &keypair)?;
         let mut s = swarm(
             &net,
             i,
-            keypair.clone(),
-            config,
-            gossipsub::MessageAuthenticity::Signed(keypair),
+            keypair,
+            gossipsub,
             scenario.node.peers_max,
             scenario.node.idle_timeout,
             true,
@@ -286,6 +311,12 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
     }
     report.timings.start_nodes_s = started.elapsed().as_secs_f64();
     measure::phase(&bar, "warm-up");
+    // From the warm-up on, as the swarms dial while it runs: the load left once they settle
+    // is the idle load the workload's CPU is measured above.
+    let runtime_log = {
+        let net = net.clone();
+        measure::log_runtime_load(move || (net.connections_opened(n), net.live_connections()))
+    };
     tokio::time::sleep(scenario.warmup).await;
     report.timings.warmup_s = scenario.warmup.as_secs_f64();
     let rss_started = measure::rss_mib();
@@ -380,6 +411,7 @@ pub async fn run(scenario: &Scenario, seed: u64, bar: ProgressBar) -> anyhow::Re
             publish_errors += 1;
         }
     }
+    runtime_log.abort();
     let after = NetSnapshot::take(&net);
     report.timings.workload_s = end.duration_since(t0).as_secs_f64();
     measure::phase(&bar, "settling");
@@ -510,12 +542,14 @@ impl Rogue {
             .max_transmit_size(128 * 1024)
             .build()
             .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+        let gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
+                .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
         let mut swarm = swarm(
             net,
             endpoint,
             keypair,
-            config,
-            gossipsub::MessageAuthenticity::Anonymous,
+            gossipsub,
             64,
             Duration::from_secs(60),
             false,

@@ -68,7 +68,8 @@ enum Command {
 /// What `run` and `plan` may change in a scenario.
 #[derive(Debug, Args)]
 struct Overrides {
-    /// Run the scenario's catalog workload on another stack (e.g. stock-gossipsub).
+    /// Run the scenario's catalog workload on a gossipsub baseline: stock-gossipsub (its
+    /// defaults) or node-gossipsub (the node's gossip layer alone, forwarding unchecked).
     #[arg(long, value_parser = parse_stack)]
     stack: Option<Stack>,
     /// Override the scenario's node count.
@@ -96,9 +97,9 @@ impl Overrides {
         let mut s = Scenario::load(path)?;
         if let Some(stack) = self.stack {
             s.stack = stack;
-            if stack == Stack::StockGossipsub {
-                // Stock gossipsub runs the catalog workload; faults other than link ones
-                // need the node.
+            if stack.is_baseline() {
+                // A baseline runs the catalog workload; faults other than link ones need the
+                // node.
                 s.faults
                     .retain(|f| matches!(f, mesh_sim::scenario::Fault::Link { .. }));
             }
@@ -131,11 +132,13 @@ impl Overrides {
 }
 
 fn parse_stack(s: &str) -> Result<Stack, String> {
-    match s {
-        "mesh" => Ok(Stack::Mesh),
-        "stock-gossipsub" => Ok(Stack::StockGossipsub),
-        other => Err(format!("unknown stack {other:?}: mesh or stock-gossipsub")),
-    }
+    Stack::ALL
+        .into_iter()
+        .find(|stack| stack.label() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Stack::ALL.iter().map(|s| s.label()).collect();
+            format!("unknown stack {s:?}: one of {}", names.join(", "))
+        })
 }
 
 fn main() -> ExitCode {
@@ -329,6 +332,24 @@ mod tests {
         assert_eq!(plan.flags, "--nodes 12 --catalog-rate 3");
         assert_eq!(plan.suffix, "-nodes12-rate3");
         assert!(plain.flags.is_empty() && plain.suffix.is_empty());
+    }
+
+    #[test]
+    fn every_stack_is_named_as_its_report_labels_it_and_a_baseline_keeps_link_faults_only() {
+        for stack in Stack::ALL {
+            assert_eq!(parse_stack(stack.label()), Ok(stack));
+        }
+        let err = parse_stack("gossip").unwrap_err();
+        assert!(
+            err.contains("mesh, stock-gossipsub, node-gossipsub"),
+            "{err}"
+        );
+        for (path, faults_kept) in [(scenario("churn"), 0), (scenario("link"), 1)] {
+            let o = applied(&["meshsim", "run", &path, "--stack", "node-gossipsub"]).unwrap();
+            assert_eq!(o.scenario.stack, Stack::NodeGossipsub);
+            assert_eq!(o.scenario.faults.len(), faults_kept, "{path}");
+            o.scenario.check().unwrap();
+        }
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub async fn run(scenario: &Scenario, seed: u64, progress: bool) -> anyhow::Resu
     };
     let outcome = match scenario.stack {
         Stack::Mesh => MeshRun::new(scenario, seed, bar.clone())?.run().await,
-        Stack::StockGossipsub => crate::baseline::run(scenario, seed, bar.clone()).await,
+        stack @ (Stack::StockGossipsub | Stack::NodeGossipsub) => {
+            crate::baseline::run(scenario, seed, stack, bar.clone()).await
+        }
     };
     bar.finish_and_clear();
     outcome
@@ -417,6 +419,12 @@ impl MeshRun {
         }
         report.timings.start_nodes_s = started.elapsed().as_secs_f64();
         self.phase("warm-up");
+        // From the warm-up to the workload's end: the load of started nodes with nothing to
+        // do, which the workload's CPU is measured above, then the workload's.
+        let runtime_log = {
+            let net = self.net.clone();
+            measure::log_runtime_load(move || (net.connections_opened(n), net.live_connections()))
+        };
         tokio::time::sleep(self.scenario.warmup).await;
         report.timings.warmup_s = self.scenario.warmup.as_secs_f64();
         let rss_started = measure::rss_mib();
@@ -499,10 +507,6 @@ impl MeshRun {
                     this.snapshot_hops().await;
                 }
             })
-        };
-        let runtime_log = {
-            let net = self.net.clone();
-            measure::log_runtime_load(move || (net.connections_opened(n), net.live_connections()))
         };
         let mut update_count = 0u64;
         for action in self.plan.actions.clone() {

@@ -19,7 +19,8 @@ pub struct Scenario {
     #[serde(default = "default_seed")]
     pub seed: u64,
     pub nodes: usize,
-    /// Which stack the nodes run: the mesh node, or stock gossipsub (catalog gossip only).
+    /// Which stack the nodes run: the mesh node, or a gossipsub baseline (catalog gossip
+    /// only).
     #[serde(default)]
     pub stack: Stack,
     /// Time for connections and gossip meshes to form before anything is published.
@@ -62,6 +63,11 @@ pub enum Stack {
     /// libp2p gossipsub with its default configuration (signed messages, default message id,
     /// no application validation), identify and Kademlia: the catalog workload only.
     StockGossipsub,
+    /// The node's own gossipsub (its settings and peer score), identify and Kademlia, with
+    /// nothing above them: each entry is forwarded on receipt, unchecked, and nothing is
+    /// stored, indexed, synced or streamed. The catalog workload only. What the gossip layer
+    /// a node is built on costs by itself: the floor under the mesh node's figures.
+    NodeGossipsub,
 }
 
 impl Stack {
@@ -69,7 +75,17 @@ impl Stack {
         match self {
             Stack::Mesh => "mesh",
             Stack::StockGossipsub => "stock-gossipsub",
+            Stack::NodeGossipsub => "node-gossipsub",
         }
+    }
+
+    /// Every stack, as `--stack` names them.
+    pub const ALL: [Stack; 3] = [Stack::Mesh, Stack::StockGossipsub, Stack::NodeGossipsub];
+
+    /// Whether the stack is a gossipsub baseline, which runs the catalog workload only and
+    /// of the faults only link ones.
+    pub fn is_baseline(self) -> bool {
+        self != Stack::Mesh
     }
 }
 
@@ -189,8 +205,8 @@ pub struct NodeSettings {
     pub peers_max: usize,
     /// Dial peers Kademlia finds while fewer than this many are connected.
     pub peers_wanted: usize,
-    /// The catalog gossip mesh degree (gossipsub's `D`); the stock baseline keeps
-    /// gossipsub's default of 6.
+    /// The catalog gossip mesh degree (gossipsub's `D`), for the node and the node-gossipsub
+    /// baseline; the stock baseline keeps gossipsub's default of 6.
     pub gossip_degree: usize,
     /// `memory` (kept across restarts in-process) or `sled` (a temporary directory per node).
     pub store: StoreKind,
@@ -362,10 +378,11 @@ impl Scenario {
                 }
                 _ => {}
             }
-            if self.stack == Stack::StockGossipsub && !matches!(fault, Fault::Link { .. }) {
+            if self.stack.is_baseline() && !matches!(fault, Fault::Link { .. }) {
                 return Err(format!(
-                    "fault {}: the stock-gossipsub stack runs link faults only",
-                    fault.label()
+                    "fault {}: the {} stack runs link faults only",
+                    fault.label(),
+                    self.stack.label()
                 ));
             }
         }
