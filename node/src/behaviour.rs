@@ -131,7 +131,9 @@ pub enum Validation {
 }
 
 /// The catalog topic's gossipsub settings, for a mesh of degree `mesh` and entries of at most
-/// `entry_bytes_max` bytes.
+/// `entry_bytes_max` bytes. Public, with [`catalog_gossipsub`], so that the simulator's
+/// node-gossipsub baseline runs the node's settings themselves rather than a copy that could
+/// drift: it is the floor the node's simulated figures are read against.
 pub fn catalog_gossip_config(
     mesh: MeshDegree,
     entry_bytes_max: usize,
@@ -149,9 +151,10 @@ pub fn catalog_gossip_config(
         .max_transmit_size(entry_bytes_max + 1024)
         .heartbeat_interval(Duration::from_millis(700))
         // Copies: a node forwards each entry to its mesh peers but the sender, so each node
-        // receives about `D - 1` copies. gossipsub's default D of 6 (5 to 12) measured 6.7
-        // to 7.8 copies per delivery in simulations; the catalog has anti-entropy behind
-        // it, so it can afford a thinner mesh (SIMULATIONS.md).
+        // receives about `D - 1` copies. gossipsub's defaults (D of 6, 5 to 12, and flood
+        // publishing) measured 5.7 to 6.0 copies per delivery in simulations of 100 and 300
+        // nodes; the catalog has anti-entropy behind it, so it can afford a thinner mesh
+        // (SIMULATIONS.md).
         .mesh_n(mesh.n)
         .mesh_n_low(mesh.low)
         .mesh_n_high(mesh.high)
@@ -181,8 +184,9 @@ pub fn catalog_gossip_config(
         .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))
 }
 
-/// The catalog's gossipsub: anonymous messages (our entries carry their owners' signatures)
-/// with `config`, and the catalog topic's peer score.
+/// The catalog's gossipsub: anonymous messages, since our entries carry their owners'
+/// signatures and gossipsub's own would be a second check per copy, with `config`, and the
+/// catalog topic's peer score, so that relays of invalid entries lose standing.
 pub fn catalog_gossipsub(config: gossipsub::Config) -> anyhow::Result<gossipsub::Behaviour> {
     let mut gossipsub =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)

@@ -44,7 +44,7 @@ use crate::scenario::{Scenario, Stack};
 
 #[allow(missing_debug_implementations)]
 #[derive(NetworkBehaviour)]
-struct StockBehaviour {
+struct BaselineBehaviour {
     limits: connection_limits::Behaviour,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
@@ -59,8 +59,6 @@ enum Command {
     Peers(oneshot::Sender<usize>),
 }
 
-// The baselines' swarms and the rogue differ in these settings only; a struct for them would
-// be used twice.
 fn swarm(
     net: &SimNet,
     endpoint: usize,
@@ -69,14 +67,14 @@ fn swarm(
     peers_max: usize,
     idle: Duration,
     with_discovery: bool,
-) -> anyhow::Result<Swarm<StockBehaviour>> {
+) -> anyhow::Result<Swarm<BaselineBehaviour>> {
     let transport = net.boxed_transport(endpoint, &keypair)?;
     let peer_id = keypair.public().to_peer_id();
     let identify = identify::Behaviour::new(identify::Config::new(
         IDENTIFY_PROTOCOL.into(),
         keypair.public(),
     ));
-    // The node's Kademlia settings: discovery is the harness's, shared by both stacks.
+    // The node's Kademlia settings: discovery is the harness's, shared by every stack.
     let mut kad = kad::Behaviour::with_config(
         peer_id,
         kad::store::MemoryStore::new(peer_id),
@@ -90,7 +88,7 @@ fn swarm(
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(u32::try_from(peers_max).unwrap_or(u32::MAX)))
         .with_max_established_per_peer(Some(2));
-    let behaviour = StockBehaviour {
+    let behaviour = BaselineBehaviour {
         limits: connection_limits::Behaviour::new(limits),
         gossipsub,
         identify,
@@ -104,9 +102,9 @@ fn swarm(
     ))
 }
 
-/// Drives one stock swarm: commands, and the node's discovery rule.
+/// Drives one baseline swarm: commands, and the node's discovery rule.
 async fn drive(
-    mut swarm: Swarm<StockBehaviour>,
+    mut swarm: Swarm<BaselineBehaviour>,
     mut commands: mpsc::Receiver<Command>,
     node: usize,
     peers_wanted: usize,
@@ -162,7 +160,7 @@ async fn drive(
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     connected.remove(&peer_id);
                 }
-                SwarmEvent::Behaviour(StockBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
+                SwarmEvent::Behaviour(BaselineBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
                     let at = std::time::Instant::now();
                     if let Ok(entry) = SignedCatalogEntry::decode(Bytes::from(message.data), &protocol)
                         && let Some(&p) = index.get(&entry.unverified().product)
@@ -170,12 +168,12 @@ async fn drive(
                         rec.arrived(node, p, entry.unverified().revision, at);
                     }
                 }
-                SwarmEvent::Behaviour(StockBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                SwarmEvent::Behaviour(BaselineBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     for address in info.listen_addrs {
                         swarm.behaviour_mut().kad.add_address(&peer_id, address);
                     }
                 }
-                SwarmEvent::Behaviour(StockBehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                SwarmEvent::Behaviour(BaselineBehaviourEvent::Kad(kad::Event::RoutingUpdated {
                     peer,
                     addresses,
                     ..
@@ -198,7 +196,9 @@ async fn drive(
     }
 }
 
-/// The gossipsub a baseline's swarm runs.
+/// The gossipsub a baseline's swarm runs. The node-gossipsub baseline builds it with the
+/// node's own constructor, not a copy of its settings, so that the floor it measures cannot
+/// drift from the node it is the floor of.
 fn baseline_gossipsub(
     stack: Stack,
     scenario: &Scenario,
@@ -208,15 +208,16 @@ fn baseline_gossipsub(
         Stack::NodeGossipsub => {
             mesh_node::behaviour::catalog_gossipsub(mesh_node::behaviour::catalog_gossip_config(
                 MeshDegree::new(scenario.node.gossip_degree),
-                mesh_protocol::Config::default().catalog_entry_bytes_max,
+                Scenario::protocol().catalog_entry_bytes_max,
                 Validation::Unchecked,
             )?)
         }
-        _ => gossipsub::Behaviour::new(
+        Stack::StockGossipsub => gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Signed(keypair.clone()),
             gossipsub::Config::default(),
         )
         .map_err(|e| anyhow::anyhow!("gossipsub: {e}")),
+        Stack::Mesh => anyhow::bail!("the mesh stack runs nodes, not a baseline's swarms"),
     }
 }
 
@@ -355,7 +356,7 @@ pub async fn run(
     let publish_start = Instant::now();
     let mut publish_errors = 0u64;
     if scenario.workload.initial_catalog == InitialCatalog::Preloaded {
-        // Stock swarms keep no catalog: the first revisions count as held everywhere.
+        // Baseline swarms keep no catalog: the first revisions count as held everywhere.
         let mut r = revisions.lock().unwrap_or_else(|e| e.into_inner());
         for (p, revision) in r.iter_mut().enumerate() {
             *revision = 1;
@@ -411,7 +412,7 @@ pub async fn run(
             publish_errors += 1;
         }
     }
-    runtime_log.abort();
+    drop(runtime_log);
     let after = NetSnapshot::take(&net);
     report.timings.workload_s = end.duration_since(t0).as_secs_f64();
     measure::phase(&bar, "settling");
@@ -474,7 +475,7 @@ pub async fn run(
         max_peers: peers.iter().copied().max().unwrap_or(0),
         isolated_nodes: peers.iter().filter(|&&p| p == 0).count(),
         connections_opened: net.connections_opened(n),
-        // The stock stack keeps no count of who dialled.
+        // A baseline keeps no count of who dialled.
         dialled_by: Default::default(),
     };
     report.memory = Memory {

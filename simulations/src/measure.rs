@@ -376,10 +376,11 @@ pub fn phase(bar: &indicatif::ProgressBar, what: &'static str) {
 /// and tokio's workers spent polling (in cores), the tasks waiting in the global queue, and
 /// the connections `connections` reports (opened so far, open now), at debug level
 /// (`RUST_LOG=mesh_sim::measure=debug`): where a run's time goes while it runs.
-pub fn log_runtime_load(
-    connections: impl Fn() -> (u64, usize) + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+///
+/// The log stops when the returned guard is dropped, so a run that ends early by an error
+/// does not leave it logging.
+pub fn log_runtime_load(connections: impl Fn() -> (u64, usize) + Send + 'static) -> RuntimeLog {
+    RuntimeLog(tokio::spawn(async move {
         let (mut cpu, mut load, mut at) = (cpu_seconds(), RuntimeLoad::now(), Instant::now());
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -405,7 +406,17 @@ pub fn log_runtime_load(
             );
             (cpu, load, at) = (cpu_now, load_now, now);
         }
-    })
+    }))
+}
+
+/// The per-second log of [`log_runtime_load`]; dropping it stops the log.
+#[derive(Debug)]
+pub struct RuntimeLog(tokio::task::JoinHandle<()>);
+
+impl Drop for RuntimeLog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What tokio's runtime was doing at one moment (zero outside a runtime).

@@ -296,7 +296,7 @@ impl MeshRun {
         mesh_node::node::start_with_transport(
             NodeOptions {
                 config: self.config(node, peers),
-                protocol: mesh_protocol::Config::default(),
+                protocol: Scenario::protocol(),
                 transport: TransportKind::Memory,
                 store: Arc::new(Kept(store)),
                 key: Some(self.keys[node].clone()),
@@ -524,7 +524,7 @@ impl MeshRun {
         tokio::time::sleep_until(t0 + duration).await;
         self.bar.set_position(duration.as_millis() as u64);
         snapshots.abort();
-        runtime_log.abort();
+        drop(runtime_log);
         let workload_end = Instant::now();
         let after = NetSnapshot::take(&self.net);
         report.timings.workload_s = workload_end.duration_since(t0).as_secs_f64();

@@ -322,6 +322,12 @@ impl Fault {
 }
 
 impl Scenario {
+    /// The protocol limits every simulated node runs with, and the node-gossipsub baseline's
+    /// gossip with it: the protocol's defaults, as a node started without a config has.
+    pub fn protocol() -> mesh_protocol::Config {
+        mesh_protocol::Config::default()
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
@@ -341,6 +347,15 @@ impl Scenario {
         }
         if self.nodes > 10_000 {
             return Err("nodes: at most 10000 real nodes in one process".into());
+        }
+        // The node refuses other degrees; a baseline would quietly round them instead.
+        let degrees = 2..=mesh_node::config::GOSSIP_DEGREE_MAX;
+        if !degrees.contains(&self.node.gossip_degree) {
+            return Err(format!(
+                "node.gossip_degree: between 2 and {}, not {}",
+                degrees.end(),
+                self.node.gossip_degree
+            ));
         }
         if w.subscriptions_per_node > (self.nodes - 1) * w.products_per_node {
             return Err(format!(
@@ -415,6 +430,46 @@ mod tests {
             assert!(err.contains("finite and >= 0"), "{rate}: {err}");
         }
         s.workload.catalog_update_rate = 0.0;
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn every_stack_parses_by_its_label_and_a_baseline_refuses_faults_it_cannot_run() {
+        // A new stack must be added here, and so to `Stack::ALL`.
+        let place = |s: Stack| match s {
+            Stack::Mesh => 0,
+            Stack::StockGossipsub => 1,
+            Stack::NodeGossipsub => 2,
+        };
+        assert_eq!(Stack::ALL.map(place), [0, 1, 2]);
+        let churn = "[[fault]]\nkind = \"churn\"\nat = \"1s\"\nnodes = 1\ndown_for = \"1s\"\n";
+        for stack in Stack::ALL {
+            let text = format!(
+                "name = \"x\"\nnodes = 5\nduration = \"2s\"\nstack = \"{}\"\n{churn}",
+                stack.label()
+            );
+            let s: Scenario = toml::from_str(&text).unwrap();
+            assert_eq!(s.stack, stack);
+            match s.check() {
+                Ok(()) => assert!(!stack.is_baseline(), "{stack:?}"),
+                Err(e) => {
+                    assert!(stack.is_baseline(), "{stack:?}: {e}");
+                    let expected = format!("the {} stack runs link faults only", stack.label());
+                    assert!(e.contains(&expected), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_gossip_degree_the_node_refuses_is_refused_here_too() {
+        let mut s: Scenario = toml::from_str("name = \"x\"\nnodes = 5\nduration = \"2s\"").unwrap();
+        for degree in [0, 1, mesh_node::config::GOSSIP_DEGREE_MAX + 1] {
+            s.node.gossip_degree = degree;
+            let err = s.check().unwrap_err();
+            assert!(err.contains("node.gossip_degree"), "{degree}: {err}");
+        }
+        s.node.gossip_degree = 3;
         s.check().unwrap();
     }
 

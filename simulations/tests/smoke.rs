@@ -111,9 +111,10 @@ async fn a_preloaded_catalog_is_held_everywhere_and_updates_still_converge() {
 
 /// The gossipsub baselines carry the smoke scenario's catalog workload on the same network,
 /// measured by the same tap: every update reaches every node, and gossip copies are counted.
-/// The node-gossipsub stack is the node's own gossip layer: its message ids and content-based
-/// de-duplication hold copies per delivery to its mesh degree, where stock gossipsub's default
-/// mesh sends more.
+/// The node-gossipsub stack has the node's settings, a mesh of degree 4 that a publisher
+/// sends to alone, where stock gossipsub's mesh of 6 and flood publishing send more copies.
+/// An unchecked entry that gossipsub held instead of forwarding would leave nodes beyond the
+/// first hop without it, and the check would fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gossipsub_baselines_carry_the_catalog_workload() {
     let mut copies = Vec::new();
