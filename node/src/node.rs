@@ -1547,14 +1547,8 @@ pub(crate) mod tests {
     async fn searches_reach_unconnected_peers() {
         let (a, b, other, s) = known_but_unconnected().await;
         let request = crate::search::SearchRequest {
-            query: String::new(),
-            domain: None,
-            owner: None,
-            tag: None,
-            pii: None,
-            version: None,
             limit: 10,
-            offset: 0,
+            ..crate::search::SearchRequest::default()
         };
         let search = |peer| tokio::time::timeout(WAIT, s.search_peer(peer, &request));
         let (from_a, from_b) = tokio::join!(search(a.peer_id()), search(b.peer_id()));
